@@ -36,6 +36,7 @@ def profile_dir(profile: str) -> Path:
 
 
 def build_dir(profile: str) -> Path:
+    """Where a profile's executed notebooks (and, under _build/html, its site) go."""
     return BOOK / "_build" / profile
 
 
@@ -43,17 +44,21 @@ def cube_dir(profile: str) -> Path:
     return ROOT / "cubes" / profile
 
 
-def _hide_parameters(path: Path) -> None:
-    """Hide papermill's parameter cells in the rendered book (they stay in the .ipynb)."""
+def _finish(path: Path, title: str | None) -> None:
+    """Hide papermill's parameter cells in the rendered book (they stay in the .ipynb); set the page title."""
     nb = json.loads(path.read_text())
     for c in nb["cells"]:
         tags = c.get("metadata", {}).get("tags", [])
         if "injected-parameters" in tags or "parameters" in tags:
             c["metadata"]["tags"] = sorted(set(tags) | {"remove-cell"})
+    if title:
+        first = next(c for c in nb["cells"] if c["cell_type"] == "markdown")
+        text = "".join(first["source"]).split("\n", 1)
+        first["source"] = f"# {title}\n" + (text[1] if len(text) > 1 else "")
     path.write_text(json.dumps(nb, indent=1))
 
 
-def execute(source: Path, out: Path, parameters: dict, log: bool = False) -> Path:
+def execute(source: Path, out: Path, parameters: dict, log: bool = False, title: str | None = None) -> Path:
     """papermill over a Jupytext MyST notebook (converted in memory), run from the repository root."""
     import jupytext
     import papermill
@@ -61,7 +66,7 @@ def execute(source: Path, out: Path, parameters: dict, log: bool = False) -> Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(jupytext.read(source), str(out), parameters=parameters, cwd=str(ROOT),
                                kernel_name="python3", log_output=log, progress_bar=False)
-    _hide_parameters(out)
+    _finish(out, title)
     return out
 
 
@@ -70,18 +75,19 @@ def _fmt(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def train_all(profile: str, force: bool = False) -> list[dict]:
-    """Execute book/train.md for every parameter file of the profile; prints progress with an ETA."""
+def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False) -> list[dict]:
+    """Execute book/train.md for every parameter file in `parameters` (cubes into `cubes`, executed pages
+    into `out`/runs); prints progress with an ETA."""
     from nc import train
 
-    files = params_mod.profile_files(profile_dir(profile))
+    files = params_mod.profile_files(parameters)
     if not files:
-        raise SystemExit(f"parameters/{profile}/ has no parameter files")
+        raise SystemExit(f"{parameters} has no parameter files")
     runs, spent, trained = [], 0.0, 0
     for i, f in enumerate(files, 1):
         p = params_mod.load(f)  # a bad file stops here, with its name and key
-        cube_path, _ = train.paths(p, cube_dir(profile))
-        page = build_dir(profile) / "runs" / f"{p['name']}.ipynb"
+        cube_path, _ = train.paths(p, cubes)
+        page = out / "runs" / f"{p['name']}.ipynb"
         current = train.is_current(cube_path, p) and page.is_file() and not force
         remaining = len(files) - i + 1
         eta = f", about {_fmt(spent / trained * remaining)} left" if trained else ""
@@ -89,35 +95,41 @@ def train_all(profile: str, force: bool = False) -> list[dict]:
                                                     f"training and measuring{eta}"), flush=True)
         if not current:
             t0 = time.perf_counter()
-            execute(BOOK / "train.md", page, {"param_file": str(f.relative_to(ROOT)),
-                                              "cube_dir": str(cube_dir(profile).relative_to(ROOT))}, log=True)
+            execute(BOOK / "train.md", page, {"param_file": _rel(f), "cube_dir": _rel(cubes)}, log=True,
+                    title=f"Run: {p['dataset']} × {p['network']}")
             spent += time.perf_counter() - t0
             trained += 1
         runs.append({"name": p["name"], "page": page})
     return runs
 
 
-def figures(profile: str) -> list[Path]:
+def _rel(path: Path) -> str:
+    """A path as the notebooks see it (they run from the repository root)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def figures(profile: str, cubes: Path, out: Path) -> list[Path]:
     """Execute the intro, every figure notebook and the theory notebook against the profile's cubes."""
-    out = []
-    args = {"profile": profile, "cube_dir": str(cube_dir(profile).relative_to(ROOT))}
-    execute(BOOK / "intro.md", build_dir(profile) / "intro.ipynb", args)
+    done = []
+    args = {"profile": profile, "cube_dir": _rel(cubes)}
+    print("executing intro", flush=True)
+    execute(BOOK / "intro.md", out / "intro.ipynb", args)
     for name in FIGURES:
         src = BOOK / "figures" / f"{name}.md"
         if src.is_file():
             print(f"executing figures/{name}", flush=True)
-            out.append(execute(src, build_dir(profile) / "figures" / f"{name}.ipynb", args))
+            done.append(execute(src, out / "figures" / f"{name}.ipynb", args))
     for name in EXTRA:
         src = BOOK / f"{name}.md"
         if src.is_file():
             print(f"executing {name}", flush=True)
-            out.append(execute(src, build_dir(profile) / f"{name}.ipynb", {}))
-    return out
+            done.append(execute(src, out / f"{name}.ipynb", {}))
+    return done
 
 
-def write_toc(profile: str) -> None:
-    """_config.yml from book/, and a _toc.yml listing what was executed for this profile."""
-    d = build_dir(profile)
+def write_toc(d: Path) -> None:
+    """_config.yml from book/, and a _toc.yml listing the notebooks executed into `d`."""
     shutil.copy(BOOK / "_config.yml", d / "_config.yml")
     for extra in ("references.bib",):
         if (BOOK / extra).is_file():
@@ -133,10 +145,9 @@ def write_toc(profile: str) -> None:
     (d / "_toc.yml").write_text("\n".join(lines) + "\n")
 
 
-def render(profile: str) -> Path:
-    """Jupyter Book 1.x over the executed notebooks (execution off, warnings are errors)."""
-    d = build_dir(profile)
-    write_toc(profile)
+def render(d: Path) -> Path:
+    """Jupyter Book 1.x over the notebooks executed into `d` (execution off, warnings are errors)."""
+    write_toc(d)
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb) if jb.is_file() else "jupyter-book", "build", str(d), "--warningiserror", "--keep-going",
            "--quiet"]
@@ -156,14 +167,15 @@ def main(argv=None) -> None:
     ap.add_argument("--force", action="store_true", help="re-train even when a cube is current")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    parameters, cubes, out = profile_dir(args.profile), cube_dir(args.profile), build_dir(args.profile)
     if args.command == "reproduce":
         if args.executor:
             from nc import sweep
 
-            sweep.run_profile(profile_dir(args.profile), cube_dir(args.profile), executor=args.executor)
-        train_all(args.profile, force=args.force)
-    figures(args.profile)
-    index = render(args.profile)
+            sweep.run_profile(parameters, cubes, executor=args.executor)
+        train_all(parameters, cubes, out, force=args.force)
+    figures(args.profile, cubes, out)
+    index = render(out)
     print(f"done in {_fmt(time.perf_counter() - t0)}; open {index}", flush=True)
 
 

@@ -210,6 +210,16 @@ def open_cube(path) -> xr.Dataset:
         return ds.load()
 
 
+def write_missing(directory, params: dict, message: str) -> Path:
+    """Mark a cell whose data is not available here: <dataset>-<network>.missing.json beside the cubes."""
+    import json
+
+    path = Path(directory) / f"{params['dataset']}-{params['network']}.missing.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"dataset": params["dataset"], "network": params["network"], "message": message}))
+    return path
+
+
 FAMILIES = ("vgg", "resnet", "densenet")
 
 

@@ -113,3 +113,22 @@ def change_table(profile: xr.Dataset, name: str) -> list[dict]:
                          "tpt": float(at_tpt), "last": float(s[-1]),
                          "tpt_epoch": tpt, "last_epoch": int(s["epoch"][-1])})
     return rows
+
+
+def summary_markdown(profile: xr.Dataset, names, label: str, fmt: str = ".3g") -> str:
+    """A Markdown table per cell of `names` at the first snapshot, the TPT start and the last epoch, and one
+    sentence counting the cells where the last value is below the TPT-start value (the paper's claim)."""
+    lines = ["| dataset | network | measure | first snapshot | TPT start (epoch) | last epoch |", "|---|---|---|---|---|---|"]
+    lower, total = 0, 0
+    for name in names:
+        for r in change_table(profile, name):
+            tpt = "never reached" if not np.isfinite(r["tpt_epoch"]) else f"{r['tpt']:{fmt}} ({r['tpt_epoch']:.0f})"
+            lines.append(f"| {TITLES[r['dataset']]} | {r['network']} | {name.replace('_', ' ')} | "
+                         f"{r['first']:{fmt}} | {tpt} | {r['last']:{fmt}} ({r['last_epoch']}) |")
+            if np.isfinite(r["tpt"]):
+                total += 1
+                lower += r["last"] < r["tpt"]
+    verdict = (f"\n\nIn this profile, {label} is lower at the last epoch than at the start of the TPT in "
+               f"**{lower} of {total}** curves that reached the TPT." if total else
+               "\n\nNo run of this profile reached the TPT, so the paper's claim cannot be checked here.")
+    return "\n".join(lines) + verdict

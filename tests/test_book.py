@@ -1,0 +1,89 @@
+"""The book end to end on small real runs: papermill executes every notebook, Jupyter Book renders them,
+every figure page holds its images, and headless Chromium can open the index page."""
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nc import book
+
+TINY = """dataset: demo
+n_per_class: 12
+test_n_per_class: 5
+image_size: 16
+width: 0.125
+epochs: 5
+lrs: [0.05]
+snapshot_epochs: [1, 3, 5]
+robustness_images: 4
+fig1_samples: 4
+device: cpu
+"""
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("profile")
+    params = root / "parameters"
+    params.mkdir()
+    (params / "_defaults.yaml").write_text(TINY)
+    for net in ("vgg11", "resnet18", "densenet40"):
+        (params / f"demo-{net}.yaml").write_text(f"network: {net}\n")
+    (params / "cifar100-vgg13.yaml").write_text("dataset: cifar100\nnetwork: vgg13\nnpz_dir: " + str(root) + "\n")
+    cubes, out = root / "cubes", root / "book"
+    book.train_all(params, cubes, out)
+    book.figures("test", cubes, out)
+    return cubes, out, book.render(out)
+
+
+def test_every_run_has_a_cube_and_missing_data_is_marked(built):
+    cubes, out, _ = built
+    assert sorted(p.name for p in cubes.glob("*.nc")) == ["demo-densenet40.nc", "demo-resnet18.nc", "demo-vgg11.nc"]
+    assert (cubes / "cifar100-vgg13.missing.json").is_file()
+    assert sorted(p.stem for p in (out / "runs").glob("*.ipynb")) == [
+        "cifar100-vgg13", "demo-densenet40", "demo-resnet18", "demo-vgg11"]
+
+
+def test_every_page_is_rendered_with_its_images(built):
+    _, out, index = built
+    html = index.parent
+    assert index.is_file()
+    pages = {p.stem for p in (html / "figures").glob("*.html")}
+    assert {f"fig{i}" for i in range(2, 8)} <= pages
+    for page in sorted((html / "figures").glob("*.html")) + sorted((html / "runs").glob("demo-*.html")):
+        text = page.read_text()
+        images = re.findall(r'<img[^>]+src="([^"]+\.(?:png|svg))"', text)
+        assert images, f"{page.name} has no figure"
+        for src in images:
+            assert (page.parent / src).resolve().is_file(), f"{page.name}: {src} missing"
+        assert "injected-parameters" not in text and "Traceback" not in text
+    intro = (html / "intro.html").read_text()
+    for name in ("demo-vgg11", "demo-resnet18", "demo-densenet40"):
+        assert f"runs/{name}.html" in intro
+    assert "figures/fig6.html" in intro and "missing" in intro
+
+
+def chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(chromium() is None, reason="headless Chromium is not installed (Debian package 'chromium')")
+def test_index_page_renders_in_headless_chromium(built, tmp_path):
+    _, _, index = built
+    shot = tmp_path / "index.png"
+    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                    "--timeout=20000",  # do not wait for CDN scripts (MathJax) on an offline machine
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1600",
+                    f"--screenshot={shot}", index.resolve().as_uri()],
+                   check=True, timeout=120, capture_output=True)
+    import matplotlib.image
+
+    img = matplotlib.image.imread(shot)
+    assert img.shape[0] >= 1000 and img.shape[1] >= 1200
+    # a themed page: not blank, and the sidebar/theme colours are there (many distinct colours)
+    flat = (img[..., :3] * 255).astype(int).reshape(-1, 3)
+    assert img[..., :3].std() > 0.05
+    assert len({tuple(c) for c in flat[:: 97]}) > 20
