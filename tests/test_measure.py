@@ -14,9 +14,11 @@ def orthonormal(p, k, rng):
 
 
 def simplex_etf(p, C, scale, rng):
-    """M (p x C): a simplex ETF in a random pose, every column of norm `scale`, columns summing to zero."""
-    P = orthonormal(p, C, rng)
-    return scale * math.sqrt(C / (C - 1)) * P @ (np.eye(C) - np.ones((C, C)) / C)
+    """M (p x C), p >= C-1: a simplex ETF in a random pose, columns of norm `scale` summing to zero.
+
+    (I - 11^T/C) = U0 U0^T with U0 (C x C-1) orthonormal; M = scale sqrt(C/(C-1)) P U0^T, P (p x C-1) orthonormal."""
+    U0 = np.linalg.svd(np.eye(C) - np.ones((C, C)) / C)[0][:, : C - 1]
+    return scale * math.sqrt(C / (C - 1)) * orthonormal(p, C - 1, rng) @ U0.T
 
 
 def planted_features(M, mu_G, A, n, rng):
@@ -47,7 +49,7 @@ def nc1_closed_form(M, A):
     return (C - 1) / (C * alpha2) * np.sum((U.T @ A) ** 2)
 
 
-@pytest.mark.parametrize("C,p,n", [(10, 64, 30), (2, 5, 8), (100, 512, 6)])
+@pytest.mark.parametrize("C,p,n", [(10, 64, 30), (2, 5, 8), (100, 512, 6), (1000, 999, 5), (10, 4096, 5)])
 def test_exact_etf_with_planted_noise(C, p, n):
     rng = np.random.default_rng(C)
     M = simplex_etf(p, C, scale=3.7, rng=rng)

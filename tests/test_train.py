@@ -148,5 +148,5 @@ def test_merge_is_a_pure_function_of_the_parts(tmp_path):
     parts = [cube.open_cube(train.run_part(p, lr, tmp_path, progress=False)) for lr in p["lrs"]]
     a, b = cube.merge(parts), cube.merge(parts[::-1])
     xr.testing.assert_identical(a, b)
-    best = float(a["lr"][a["test_acc"].isel(epoch=-1).argmax()])
+    best = float(a["lr"][int(np.argmax(a["test_acc"].isel(epoch=-1).values))])
     assert a.attrs["selected_lr"] == best == a.attrs["geometry_lr"]
