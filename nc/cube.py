@@ -210,13 +210,22 @@ def open_cube(path) -> xr.Dataset:
         return ds.load()
 
 
+def missing_path(directory, params: dict) -> Path:
+    """<directory>/<dataset>-<network>.missing.json: the cell was not run because its data is unavailable."""
+    return Path(directory) / f"{params['dataset']}-{params['network']}.missing.json"
+
+
 def write_missing(directory, params: dict, message: str) -> Path:
-    """Mark a cell whose data is not available here: <dataset>-<network>.missing.json beside the cubes."""
+    """Mark a cell whose data is not available here (atomically); the book lists it as missing."""
     import json
 
-    path = Path(directory) / f"{params['dataset']}-{params['network']}.missing.json"
+    path = missing_path(directory, params)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"dataset": params["dataset"], "network": params["network"], "message": message}))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"dataset": params["dataset"], "network": params["network"],
+                               "profile": params.get("profile", ""), "parameter_file": params.get("name", ""),
+                               "status": "missing", "message": message}, indent=1) + "\n")
+    os.replace(tmp, path)
     return path
 
 

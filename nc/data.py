@@ -209,7 +209,7 @@ def standardize(x_train, x_test):
 
 
 def load(name, *, n_per_class=None, test_n_per_class=None, image_size=None, device="cpu", seed=0,
-         root=None, npz_dir=None, npz_file=None, download=True):
+         root=None, npz_dir=None, npz_file=None, download=True, source="auto"):
     """Load dataset `name` (one of DATASETS or "demo") as standardised tensors on `device`.
 
     n_per_class / test_n_per_class: keep that many images of every class of the train / test split, drawn with
@@ -218,10 +218,19 @@ def load(name, *, n_per_class=None, test_n_per_class=None, image_size=None, devi
     image_size: resize to image_size x image_size (ImageNet from an ImageFolder: decoded at that size, default 32).
     npz_dir (or env NC_NPZ_DIR): read <npz_dir>/<npz_file or NPZ_FILES[name]>; npz_file alone is a path.
     root (or env NC_DATA_ROOT, default ~/.cache/nc-data): torchvision's folder, and <root>/imagenet/{train,val}.
+    source: "auto" (npz when a folder is given, else torchvision), "torchvision" (ignore npz_dir and NC_NPZ_DIR:
+    the full datasets, as the paper profile needs) or "npz" (a folder is required).
     Raises DatasetUnavailable if the data cannot be found or downloaded, ValueError for an unknown name."""
     if name != "demo" and name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(('demo',) + DATASETS)}")
+    if source not in ("auto", "torchvision", "npz"):
+        raise ValueError(f"source must be auto, torchvision or npz, got {source!r}")
     npz_dir = npz_dir if npz_dir is not None else os.environ.get("NC_NPZ_DIR") or None
+    if source == "torchvision":
+        npz_dir = npz_file = None
+    elif source == "npz" and name != "demo" and npz_dir is None and npz_file is None:
+        raise DatasetUnavailable(f"{name}: source 'npz' needs a folder of .npz subsets: pass npz_dir= or set "
+                                 f"NC_NPZ_DIR (the format is described in shared/data/README.md)")
     root = os.path.expanduser(root or os.environ.get("NC_DATA_ROOT") or "~/.cache/nc-data")
     n_keep = {"train": n_per_class, "test": test_n_per_class}
 

@@ -71,7 +71,10 @@ def conv_bn_relu(in_channels, out_channels, kernel_size=3, stride=1, bias=False)
 # ---------------------------------------------------------------------------------------- VGG
 
 def vgg(config, num_classes, in_channels, image_size, width):
-    """VGG with BatchNorm after each conv; head (Linear + BatchNorm1d + ReLU) x 2 replaces dropout."""
+    """VGG with BatchNorm after each conv; head (Linear + BatchNorm1d + ReLU) x 2 replaces dropout.
+
+    The head is as wide as the last conv (512 x width, the CIFAR VGG) unless that is below C - 1, where the
+    between-class covariance could not have rank C - 1; then it is ImageNet VGG's 4096 x width."""
     layers, channels, size = [], in_channels, image_size
     for item in config:
         if item == "M":
@@ -82,9 +85,11 @@ def vgg(config, num_classes, in_channels, image_size, width):
             layers += conv_bn_relu(channels, scaled(item, width), bias=True)  # as kuangliu / torchvision
             channels = scaled(item, width)
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    head = channels if channels >= num_classes - 1 else max(scaled(4096, width), num_classes - 1)
     for _ in range(2):
-        layers += [nn.Linear(channels, channels), nn.BatchNorm1d(channels), nn.ReLU(inplace=True)]
-    return Network(nn.Sequential(*layers), channels, num_classes)
+        layers += [nn.Linear(channels, head), nn.BatchNorm1d(head), nn.ReLU(inplace=True)]
+        channels = head
+    return Network(nn.Sequential(*layers), head, num_classes)
 
 
 # ------------------------------------------------------------------------------------- ResNet

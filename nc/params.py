@@ -71,6 +71,8 @@ SCHEMA = {
     "deepfool_max_iter": (50, _pos_int, "a positive integer", True),
     "fig1_classes": (3, lambda v: _int(v) and v >= 0, "a non-negative integer", True),
     "fig1_samples": (20, _pos_int, "a positive integer", True),
+    "data_source": ("auto", lambda v: v in ("auto", "torchvision", "npz"),
+                    "auto (npz when npz_dir / NC_NPZ_DIR is set, else torchvision), torchvision or npz", True),
     "npz_dir": (None, _opt(_str), "a directory of .npz subsets or null", False),
     "npz_file": (None, _opt(_str), "a file name inside npz_dir or null", True),
     "data_root": (None, _opt(_str), "a torchvision download directory or null", False),

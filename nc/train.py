@@ -261,7 +261,8 @@ def load_data(params: dict, device=None):
     return data_mod.load(params["dataset"], n_per_class=params["n_per_class"],
                          test_n_per_class=params["test_n_per_class"], image_size=params["image_size"],
                          device=device or pick_device(params["device"]), seed=params["seed"],
-                         root=params["data_root"], npz_dir=params["npz_dir"], npz_file=params["npz_file"])
+                         root=params["data_root"], npz_dir=params["npz_dir"], npz_file=params["npz_file"],
+                         source=params["data_source"])
 
 
 def data_info(data, device) -> dict:
@@ -295,16 +296,28 @@ def part_path(parts_dir: Path, lr: float) -> Path:
     return Path(parts_dir) / f"lr-{lr:.6g}.nc"
 
 
+def part_finished(params: dict, lr: float, parts_dir) -> bool:
+    """The part of `lr` exists, comes from these parameters (hash) and is no longer running."""
+    from nc import cube, params as params_mod
+
+    path = part_path(parts_dir, lr)
+    if not path.is_file():
+        return False
+    try:
+        part = cube.open_cube(path)
+    except (OSError, ValueError):
+        return False
+    return part.attrs.get("parameter_hash") == params_mod.digest(params) and part["status"].values[0] != "running"
+
+
 def run_part(params: dict, lr: float, parts_dir, data=None, progress: bool = True,
              stop_after: int | None = None) -> Path:
     """Train and measure one lr into its own part file (resuming from its checkpoint); skips a finished part."""
     from nc import cube, params as params_mod
 
     out = part_path(parts_dir, lr)
-    if out.is_file():
-        done = cube.open_cube(out)
-        if done.attrs["parameter_hash"] == params_mod.digest(params) and done["status"].values[0] != "running":
-            return out
+    if part_finished(params, lr, parts_dir):
+        return out
     device = pick_device(params["device"]) if data is None else data.x_train.device
     data = data if data is not None else load_data(params, device)
     ckpt = Path(parts_dir) / f"lr-{lr:.6g}.ckpt"

@@ -3,7 +3,6 @@ every figure page holds its images, and headless Chromium can open the index pag
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -72,13 +71,21 @@ def chromium():
 @pytest.mark.skipif(chromium() is None, reason="headless Chromium is not installed (Debian package 'chromium')")
 def test_index_page_renders_in_headless_chromium(built, tmp_path):
     _, _, index = built
+    assert "intro.html" in index.read_text()  # index.html redirects to the intro page, which we load
     shot = tmp_path / "index.png"
-    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                    "--timeout=20000",  # do not wait for CDN scripts (MathJax) on an offline machine
-                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1600",
-                    f"--screenshot={shot}", index.resolve().as_uri()],
-                   check=True, timeout=120, capture_output=True)
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+           "--timeout=20000",  # capture after 20 s even if CDN scripts (MathJax) never load offline
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1600",
+           f"--screenshot={shot}", (index.parent / "intro.html").resolve().as_uri()]
+    for attempt in range(2):  # a freshly installed Chromium's first start can stall (font cache)
+        try:
+            subprocess.run(cmd, check=True, timeout=240, capture_output=True)
+            break
+        except subprocess.TimeoutExpired:
+            if attempt:
+                raise
+    assert shot.is_file()
     import matplotlib.image
 
     img = matplotlib.image.imread(shot)

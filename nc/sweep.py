@@ -1,0 +1,397 @@
+"""Run a profile's sweep: one job per (parameter file, learning rate), then one cube per parameter file.
+
+DESIGN.md section 7. Every job calls `nc.train.run_part`, which trains one lr into its own part file,
+checkpoints after every epoch, resumes from its checkpoint and skips a finished part; a job killed at
+any point therefore resumes from its last checkpoint when the sweep is run again, and parts that are
+already finished are not submitted at all. When the jobs are done, each cell's cube is
+`nc.cube.merge` of its parts (a pure function of them), validated and written atomically to the path
+`nc.train.paths` gives. A cell whose cube is current (same parameter hash, complete) is left alone.
+
+Executors (submitit):
+- `local`: every job is a separate process on this machine (submitit.LocalExecutor), at most
+  `parallel` at once. On CPUs `parallel` defaults to the usable cores and each job gets
+  max(1, cores // parallel) torch threads, so concurrent jobs share the cores; with GPUs the jobs
+  are packed `jobs_per_gpu` to a GPU, each pinned to one by CUDA_VISIBLE_DEVICES.
+- `slurm`: one Slurm job array per distinct resource request (submitit.AutoExecutor). A job that
+  reaches its time limit is requeued (up to `max_requeues` times) and resumes from its checkpoint.
+  The driver waits for the jobs, so keep it alive (tmux, or a small CPU job of its own).
+Interrupting the driver (Ctrl-C, SIGTERM) cancels its running jobs; running it again resumes them.
+
+Executor settings live in `parameters/<profile>/_executor.yaml`, read by this module only (nc.params
+rejects unknown keys, so they cannot sit in `_defaults.yaml`); every key is optional:
+
+    executor: slurm          # the profile's default executor (local when absent)
+    local:
+      parallel: null         # jobs at once; null: the usable cores (CPU) or jobs_per_gpu x GPUs
+      jobs_per_gpu: 4
+      threads: null          # torch threads per job; null: max(1, cores // parallel)
+    slurm:
+      partition: null        # sbatch --partition; null: the cluster's default partition
+      gpus_per_job: 1
+      cpus_per_job: 8        # also the job's torch threads
+      mem_gb: null           # null: the cluster's default
+      time_min: 2880         # per job (sbatch --time, minutes)
+      array_parallelism: 64  # jobs of an array running at once
+      max_requeues: 10       # requeues after a time-out
+      datasets:              # per-dataset overrides of the keys above
+        imagenet: {gpus_per_job: 8, time_min: 4320}
+
+Options given to `run_profile` / the command line win over the file, per-dataset overrides included.
+
+A cell whose dataset is unavailable (nc.data.DatasetUnavailable) is reported in one line and skipped,
+never replaced; `<cube_dir>/<dataset>-<network>.missing.json` holds the message for the book. Job logs
+go to `<cube_dir>/logs/`.
+
+    python -m nc.sweep parameters/quick [--executor local|slurm] [--cube-dir DIR] [--partition P]
+                                        [--gpus N] [--time MIN] [--parallel N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import submitit
+import yaml
+
+from nc import cube, train
+from nc import params as params_mod
+
+ROOT = Path(__file__).resolve().parent.parent
+EXECUTOR_FILE = "_executor.yaml"
+EXECUTORS = ("local", "slurm")
+LOCAL_DEFAULTS = {"parallel": None, "jobs_per_gpu": 4, "threads": None}
+SLURM_DEFAULTS = {"partition": None, "gpus_per_job": 1, "cpus_per_job": 8, "mem_gb": None, "time_min": 2880,
+                  "array_parallelism": 64, "max_requeues": 10}
+LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # submitit's local jobs have a time limit (2 min by default): make it moot
+
+
+@dataclass
+class Job:
+    """One (parameter file, lr): the merged parameters, the lr and the folder of the cell's parts."""
+    params: dict
+    lr: float
+    parts_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.params['name']} lr={self.lr:g}"
+
+
+def _section(value, known, where: str) -> dict:
+    """A mapping whose keys are all in `known` (None reads as empty); ValueError naming `where` otherwise."""
+    value = {} if value is None else value
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a mapping of key: value, got {value!r}")  # noqa: TRY004 (a bad file)
+    if set(value) - set(known):
+        raise ValueError(f"{where}: unknown key {min(set(value) - set(known))!r} (known: {', '.join(known)})")
+    return value
+
+
+def read_executor(profile_dir) -> dict:
+    """`_executor.yaml` of a profile merged over the defaults: {executor, local: {...}, slurm: {..., datasets}}."""
+    path = Path(profile_dir) / EXECUTOR_FILE
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: cannot read executor settings: {err}") from err
+    raw = _section(raw, ("executor", "local", "slurm"), str(path))
+    local = _section(raw.get("local"), LOCAL_DEFAULTS, f"{path}: local")
+    slurm = _section(raw.get("slurm"), [*SLURM_DEFAULTS, "datasets"], f"{path}: slurm")
+    datasets = _section(slurm.get("datasets"), params_mod.DATASETS, f"{path}: slurm.datasets")
+    datasets = {d: _section(o, SLURM_DEFAULTS, f"{path}: slurm.datasets.{d}") for d, o in datasets.items()}
+    executor = raw.get("executor", "local")
+    if executor not in EXECUTORS:
+        raise ValueError(f"{path}: executor must be one of {EXECUTORS}, got {executor!r}")
+    return {"executor": executor, "local": {**LOCAL_DEFAULTS, **local},
+            "slurm": {**SLURM_DEFAULTS, **slurm, "datasets": datasets}}
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def plan_local(n_jobs: int, cores: int, gpus: int, parallel: int | None = None, jobs_per_gpu: int = 4,
+               threads: int | None = None) -> tuple[int, int]:
+    """(jobs at once, torch threads per job) for the local executor.
+
+    At once: `parallel` if given, else the cores (no GPU) or jobs_per_gpu x gpus; never more than
+    n_jobs. Threads: `threads` if given, else max(1, cores // jobs at once), so the jobs share the cores."""
+    at_once = parallel or (jobs_per_gpu * gpus if gpus else cores)
+    at_once = max(1, min(at_once, n_jobs))
+    return at_once, threads or max(1, cores // at_once)
+
+
+def dataset_missing(params: dict) -> str | None:
+    """None if the cell's dataset can be loaded, else the DatasetUnavailable message.
+
+    Loads one image per class on the CPU (a torchvision dataset is downloaded here, once, rather than by
+    many jobs at the same time)."""
+    from nc import data
+
+    try:
+        data.load(params["dataset"], n_per_class=1, test_n_per_class=1, image_size=params["image_size"],
+                  device="cpu", seed=params["seed"], root=params["data_root"], npz_dir=params["npz_dir"],
+                  npz_file=params["npz_file"], source=params["data_source"])
+    except data.DatasetUnavailable as err:
+        return str(err)
+    return None
+
+
+class TrainPart(submitit.helpers.Checkpointable):
+    """One job: train one lr of one parameter file into its part file. Checkpointable, so a Slurm job that
+    reaches its time limit is requeued with the same arguments and resumes from its last epoch's checkpoint."""
+
+    def __call__(self, params: dict, lr: float, parts_dir: str, threads: int) -> dict:
+        import torch
+
+        from nc import data
+
+        torch.set_num_threads(threads)
+        try:
+            return {"part": str(train.run_part(params, lr, Path(parts_dir), progress=True))}
+        except data.DatasetUnavailable as err:
+            return {"missing": str(err)}
+
+
+def _fmt(seconds: float) -> str:
+    h, rest = divmod(round(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _outcome(job) -> dict:
+    """The job's result dict, or {"error": ...} naming its log."""
+    try:
+        return job.result()
+    except Exception as err:  # noqa: BLE001 -- a failed or killed job: report it, let the others finish
+        sections = str(err).split("\n----------------------\n")  # FailedJobError: header, traceback, log paths
+        lines = (sections[1] if len(sections) > 2 else str(err)).strip().splitlines() or [type(err).__name__]
+        reason = lines[-1] if len(sections) > 2 else lines[0]
+        return {"error": f"{reason} (log: {job.paths.stderr})"}
+
+
+def _progress(total: int):
+    """A reporter printing `[done/total] job: outcome; about T left` as jobs finish (ETA from the throughput)."""
+    t0, done = time.perf_counter(), 0
+
+    def report(job: Job, outcome: dict, took: float) -> None:
+        nonlocal done
+        done += 1
+        what = (f"done in {_fmt(took)}" if "part" in outcome else
+                "dataset missing" if "missing" in outcome else f"FAILED: {outcome['error']}")
+        eta = f"; about {_fmt((time.perf_counter() - t0) / done * (total - done))} left" if done < total else ""
+        print(f"[{done}/{total}] {job.label}: {what}{eta}", flush=True)
+
+    return report
+
+
+def _run_local(jobs: list[Job], folder: Path, settings: dict, report, poll_s: float) -> dict:
+    import torch
+
+    cores, gpus = usable_cores(), torch.cuda.device_count()
+    at_once, threads = plan_local(len(jobs), cores, gpus, settings["parallel"], settings["jobs_per_gpu"],
+                                  settings["threads"])
+    on = f"{gpus} GPU(s), {cores} cores" if gpus else f"{cores} cores"
+    print(f"local executor: {at_once} job(s) at once on {on}, {threads} torch thread(s) each", flush=True)
+    executor = submitit.LocalExecutor(folder)
+    executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
+    pending, running, outcomes, per_gpu = list(jobs), {}, {}, [0] * gpus
+    try:
+        while pending or running:
+            while pending and len(running) < at_once:
+                job = pending.pop(0)
+                gpu = min(range(gpus), key=per_gpu.__getitem__) if gpus else None
+                executor.update_parameters(gpus_per_node=int(gpus > 0), visible_gpus=() if gpu is None else (gpu,))
+                handle = executor.submit(TrainPart(), job.params, job.lr, str(job.parts_dir), threads)
+                running[handle] = (job, gpu, time.perf_counter())
+                if gpu is not None:
+                    per_gpu[gpu] += 1
+            finished = [h for h in running if h.done()]
+            for handle in finished:
+                job, gpu, started = running.pop(handle)
+                if gpu is not None:
+                    per_gpu[gpu] -= 1
+                outcomes[id(job)] = _outcome(handle)
+                report(job, outcomes[id(job)], time.perf_counter() - started)
+            if not finished:
+                time.sleep(poll_s)
+    finally:
+        for handle in running:  # interrupted: stop the job processes (they would outlive us); they resume later
+            handle.cancel(check=False)
+    return outcomes
+
+
+def slurm_settings(job: Job, settings: dict) -> dict:
+    """The Slurm settings of one job: the profile's, its dataset's overrides, then the caller's options."""
+    out = {k: v for k, v in settings.items() if k not in ("datasets", "options")}
+    out.update(settings["datasets"].get(job.params["dataset"], {}))
+    out.update(settings.get("options", {}))
+    return out
+
+
+def slurm_executor(folder, s: dict, cluster: str = "slurm") -> submitit.AutoExecutor:
+    """A submitit executor for one resource request `s` (see `slurm_settings`)."""
+    executor = submitit.AutoExecutor(folder, cluster=cluster, slurm_max_num_timeout=s["max_requeues"])
+    executor.update_parameters(name="nc-sweep", nodes=1, tasks_per_node=1, timeout_min=int(s["time_min"]),
+                               gpus_per_node=int(s["gpus_per_job"]), cpus_per_task=int(s["cpus_per_job"]),
+                               mem_gb=s["mem_gb"], slurm_partition=s["partition"],
+                               slurm_array_parallelism=int(s["array_parallelism"]))
+    return executor
+
+
+def _run_slurm(jobs: list[Job], folder: Path, settings: dict, report, poll_s: float) -> dict:
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        s = slurm_settings(job, settings)
+        groups.setdefault(tuple(sorted(s.items())), []).append(job)
+    running = {}
+    try:
+        for key, group in groups.items():
+            s = dict(key)
+            executor = slurm_executor(folder, s)
+            with executor.batch():
+                handles = [executor.submit(TrainPart(), j.params, j.lr, str(j.parts_dir), int(s["cpus_per_job"]))
+                           for j in group]
+            running.update({h: (j, time.perf_counter()) for h, j in zip(handles, group)})
+            print(f"slurm: submitted {len(group)} job(s) (array {handles[0].job_id.split('_')[0]}): "
+                  f"partition={s['partition'] or 'default'}, {s['gpus_per_job']} GPU, {s['cpus_per_job']} CPUs, "
+                  f"{s['time_min']} min, {s['array_parallelism']} at once", flush=True)
+        outcomes = {}
+        while running:
+            finished = [h for h in running if h.done()]
+            for handle in finished:
+                job, started = running.pop(handle)
+                outcomes[id(job)] = _outcome(handle)
+                report(job, outcomes[id(job)], time.perf_counter() - started)
+            if not finished:
+                time.sleep(poll_s)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): cancel the jobs, so that a re-run does not duplicate them
+        for handle in running:
+            handle.cancel(check=False)
+        raise
+    return outcomes
+
+
+def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition: str | None = None,
+                gpus_per_job: int | None = None, time_min: int | None = None, parallel: int | None = None,
+                poll_s: float | None = None) -> list[Path]:
+    """Train every (parameter file, lr) of a profile as jobs and merge each cell's cube; returns the cube paths.
+
+    executor: local or slurm (None: `executor` of the profile's _executor.yaml, else local). partition,
+    gpus_per_job, time_min: Slurm options; parallel: jobs at once (local) or array parallelism (Slurm).
+    Cells with an unavailable dataset are skipped and get a `.missing.json` marker; raises RuntimeError
+    after merging what it can if any job failed."""
+    profile_dir, cube_dir = Path(profile_dir), Path(cube_dir)
+    config = read_executor(profile_dir)
+    executor = executor or config["executor"]
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    files = params_mod.profile_files(profile_dir)
+    if not files:
+        raise ValueError(f"{profile_dir} has no parameter files")
+    cells = [params_mod.load(f) for f in files]  # a bad file stops here, before anything runs
+    seen = {}
+    for p in cells:
+        cube_path, _ = train.paths(p, cube_dir)
+        if cube_path in seen:
+            raise ValueError(f"{seen[cube_path]}.yaml and {p['name']}.yaml both write {cube_path}")
+        seen[cube_path] = p["name"]
+
+    current, to_merge, jobs, missing, probed, finished_parts = [], [], [], {}, {}, 0
+    for p in cells:
+        cube_path, parts_dir = train.paths(p, cube_dir)
+        if train.is_current(cube_path, p):
+            current.append(cube_path)
+            cube.missing_path(cube_dir, p).unlink(missing_ok=True)
+            continue
+        todo = [Job(p, lr, parts_dir) for lr in p["lrs"] if not train.part_finished(p, lr, parts_dir)]
+        finished_parts += len(p["lrs"]) - len(todo)
+        if todo:
+            source = (p["dataset"], p["npz_dir"], p["npz_file"], p["data_root"], p["image_size"])
+            if source not in probed:
+                probed[source] = dataset_missing(p)
+            if probed[source] is not None:
+                missing[p["name"]] = p
+                cube.write_missing(cube_dir, p, probed[source])
+                print(f"missing: {p['name']}: {probed[source]}", flush=True)
+                continue
+        to_merge.append(p)
+        jobs += todo
+
+    print(f"sweep {profile_dir.name}: {len(cells)} cells, {sum(len(p['lrs']) for p in cells)} lrs; "
+          f"{len(current)} cube(s) current, {len(missing)} cell(s) missing, {finished_parts} part(s) finished, "
+          f"{len(jobs)} job(s) to run ({executor})", flush=True)
+    outcomes = {}
+    if jobs:
+        folder = cube_dir / "logs" / "%j"
+        report = _progress(len(jobs))
+        if executor == "local":
+            outcomes = _run_local(jobs, folder, config["local"] | ({"parallel": parallel} if parallel else {}),
+                                  report, 0.5 if poll_s is None else poll_s)
+        else:
+            options = {k: v for k, v in (("partition", partition), ("gpus_per_job", gpus_per_job),
+                                         ("time_min", time_min), ("array_parallelism", parallel)) if v is not None}
+            outcomes = _run_slurm(jobs, folder, config["slurm"] | {"options": options}, report,
+                                  30.0 if poll_s is None else poll_s)
+
+    failed = []
+    for job in jobs:
+        outcome = outcomes.get(id(job), {})
+        if "missing" in outcome and job.params["name"] not in missing:
+            missing[job.params["name"]] = job.params
+            cube.write_missing(cube_dir, job.params, outcome["missing"])
+            print(f"missing: {job.params['name']}: {outcome['missing']}", flush=True)
+        elif "part" not in outcome:
+            failed.append(f"{job.label}: {outcome.get('error', 'no result')}")
+    written = []
+    for p in to_merge:
+        cube_path, parts_dir = train.paths(p, cube_dir)
+        if p["name"] in missing or not all(train.part_finished(p, lr, parts_dir) for lr in p["lrs"]):
+            continue
+        ds = cube.merge([cube.open_cube(train.part_path(parts_dir, lr)) for lr in p["lrs"]])
+        cube.write(cube.validate(ds), cube_path)
+        cube.missing_path(cube_dir, p).unlink(missing_ok=True)
+        print(f"cube: {cube_path}", flush=True)
+        written.append(cube_path)
+    if failed:
+        raise RuntimeError(f"{len(failed)} job(s) failed (re-running the sweep resumes them):\n  " +
+                           "\n  ".join(failed))
+    return sorted(current + written)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m nc.sweep", description=__doc__.split("\n\n")[0])
+    ap.add_argument("profile_dir", help="a folder of parameter files, e.g. parameters/quick")
+    ap.add_argument("--executor", choices=EXECUTORS, default=None,
+                    help="default: `executor` of the profile's _executor.yaml, else local")
+    ap.add_argument("--cube-dir", default=None, help="default: cubes/<profile> in the repository")
+    ap.add_argument("--partition", default=None, help="Slurm partition")
+    ap.add_argument("--gpus", type=int, default=None, help="GPUs per Slurm job")
+    ap.add_argument("--time", type=int, default=None, help="Slurm time limit per job, minutes")
+    ap.add_argument("--parallel", type=int, default=None, help="jobs at once (local) or Slurm array parallelism")
+    args = ap.parse_args(argv)
+    profile_dir = Path(args.profile_dir)
+    cube_dir = Path(args.cube_dir) if args.cube_dir else ROOT / "cubes" / profile_dir.resolve().name
+    # SIGTERM (kill, scancel of a driver job) exits through the executors' cleanup, which stops the jobs
+    on_term = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        paths = run_profile(profile_dir, cube_dir, args.executor, partition=args.partition, gpus_per_job=args.gpus,
+                            time_min=args.time, parallel=args.parallel)
+    except (RuntimeError, ValueError) as err:  # ParameterError is a ValueError
+        sys.exit(f"nc.sweep: {err}")
+    finally:
+        signal.signal(signal.SIGTERM, on_term)
+    print(f"{len(paths)} cube(s) in {cube_dir}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""nc.sweep runs (parameter file, lr) jobs as separate processes and merges cubes equal to serial runs; it skips
+finished parts, resumes a SIGKILLed job from its checkpoint and reports missing datasets. The paper and quick
+parameter files carry the paper's settings (Section 2E-2G) and the scaled grid."""
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from nc import cube, models, params, sweep, train
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"dataset": "demo", "width": 0.125, "n_per_class": 20, "test_n_per_class": 10, "image_size": 16, "epochs": 5,
+        "lrs": [0.02, 0.05], "snapshot_epochs": [1, 3, 5], "robustness_images": 5, "fig1_samples": 4, "device": "cpu",
+        "seed": 0}
+DEMO_CELLS = ("demo-vgg11", "demo-vgg13")
+KILLED_CELL, KILLED_LR = "demo-vgg11", 0.05
+TAMPERED_WALL_TIME = 1e6  # written into the killed job's checkpoint: only a resumed run carries it on
+
+# run_part in a process of its own, sleeping after each checkpoint so that the test can SIGKILL it mid-run
+KILL_SCRIPT = """
+import sys, time, torch
+from nc import params, train
+torch.set_num_threads(1)
+save = train._save_atomic
+def slow_save(obj, path):
+    save(obj, path)
+    time.sleep(1.0)
+train._save_atomic = slow_save
+train.run_part(params.load(sys.argv[1]), float(sys.argv[2]), sys.argv[3], progress=False)
+"""
+
+# Section 2E-2F: the networks of each dataset, and N per class where the paper subsampled
+PAPER_NETWORKS = {
+    "mnist": {"vgg11", "resnet18", "densenet40"}, "fashionmnist": {"vgg11", "resnet18", "densenet250"},
+    "svhn": {"vgg11", "resnet18", "densenet40"}, "cifar10": {"vgg13", "resnet18", "densenet40"},
+    "cifar100": {"vgg13", "resnet50", "densenet250"}, "stl10": {"vgg13", "resnet50", "densenet250"},
+    "imagenet": {"vgg19", "resnet152", "densenet201"},
+}
+PAPER_N = {"mnist": 5000, "svhn": 4600, "imagenet": 600}
+NUM_CLASSES = {"cifar100": 100, "imagenet": 1000}  # the others have 10
+
+
+def _sweep(*args, **kw):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        paths = sweep.run_profile(*args, **kw)
+    return paths, out.getvalue()
+
+
+def _mtimes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*.nc"))}
+
+
+def _assert_same_cube(got, want):
+    """Every variable and coordinate identical (NaN == NaN), wall time aside; the same parameters and selection."""
+    assert set(got.data_vars) == set(want.data_vars)
+    for name in got.variables:
+        if name not in ("wall_time",):
+            np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
+    for key in ("parameter_hash", "selected_lr", "complete", "geometry_lr"):
+        assert got.attrs[key] == want.attrs[key], key
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A tiny profile (2 demo cells x 2 lrs, and a CIFAR100 cell without data) swept by the local executor,
+    after one of its jobs was SIGKILLed mid-run; then swept again twice; and the same cells run serially."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    profile, cubes, empty = tmp / "tiny", tmp / "cubes", tmp / "no-data"
+    profile.mkdir()
+    empty.mkdir()
+    (profile / "_defaults.yaml").write_text(yaml.safe_dump(TINY))
+    (profile / "_executor.yaml").write_text(yaml.safe_dump({"executor": "local", "local": {"parallel": 2,
+                                                                                          "threads": 1}}))
+    for name in DEMO_CELLS:
+        (profile / f"{name}.yaml").write_text(f"network: {name.split('-')[1]}\n")
+    (profile / "cifar100-vgg11.yaml").write_text("dataset: cifar100\nnetwork: vgg11\n")
+    run = {"profile": profile, "cubes": cubes}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NC_NPZ_DIR", str(empty))
+        mp.setenv("NC_DATA_ROOT", str(empty))
+        # 1. a job killed with SIGKILL after its first checkpoint
+        p = params.load(profile / f"{KILLED_CELL}.yaml")
+        _, parts_dir = train.paths(p, cubes)
+        ckpt = parts_dir / f"lr-{KILLED_LR:.6g}.ckpt"
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(profile / f"{KILLED_CELL}.yaml"),
+                                 str(KILLED_LR), str(parts_dir)], cwd=ROOT)
+        deadline = time.monotonic() + 120
+        while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert ckpt.is_file(), "the job wrote no checkpoint before it was killed"
+        state = torch.load(ckpt, weights_only=False)
+        run["killed_after"] = state["record"]["epochs_done"]
+        state["record"]["wall_time"] = TAMPERED_WALL_TIME
+        torch.save(state, ckpt)
+        # 2. the sweep; 3. again (cubes current); 4. again without the cubes (parts finished)
+        run["paths"], run["out"] = _sweep(profile, cubes, "local", poll_s=0.1)
+        run["cubes1"] = {n: cube.open_cube(cubes / f"{n}.nc") for n in DEMO_CELLS}
+        run["mtimes1"] = _mtimes(cubes)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            sweep.main([str(profile), "--cube-dir", str(cubes)])
+        run["out2"], run["mtimes2"] = out.getvalue(), _mtimes(cubes)
+        for name in DEMO_CELLS:
+            (cubes / f"{name}.nc").unlink()
+        run["paths3"], run["out3"] = _sweep(profile, cubes, poll_s=0.1)
+        run["mtimes3"] = _mtimes(cubes)
+    # the same cells, serially in this process, with the jobs' thread count
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run["serial"] = {}
+        for name in DEMO_CELLS:
+            p = params.load(profile / f"{name}.yaml")
+            run["serial"][name] = cube.open_cube(train.run(p, tmp / "serial", progress=False))
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+def test_jobs_run_as_processes_and_merge_into_the_serial_cubes(swept):
+    cubes = swept["cubes"]
+    assert swept["paths"] == [cubes / f"{n}.nc" for n in DEMO_CELLS]
+    results = sorted((cubes / "logs").rglob("*_result.pkl"))
+    assert len(results) == 4  # 2 cells x 2 lrs, each a submitit job of its own (the killed one resumed)
+    assert "[4/4]" in swept["out"] and "4 job(s) to run" in swept["out"]
+    for name in DEMO_CELLS:
+        got = swept["cubes1"][name]
+        cube.validate(got)
+        assert list(got["lr"].values) == TINY["lrs"] and set(got["status"].values) == {"complete"}
+        _assert_same_cube(got, swept["serial"][name])
+
+
+def test_rerun_trains_nothing(swept):
+    parts = {k: v for k, v in swept["mtimes1"].items() if k.startswith("parts/")}
+    assert len(parts) == 4
+    assert swept["mtimes2"] == swept["mtimes1"]  # cubes current: nothing rewritten, nothing trained
+    assert "2 cube(s) current" in swept["out2"] and "0 job(s) to run" in swept["out2"]
+    assert "2 cube(s) in" in swept["out2"]  # the CLI's summary
+    assert "4 part(s) finished, 0 job(s) to run" in swept["out3"]  # cubes gone, parts reused
+    assert {k: v for k, v in swept["mtimes3"].items() if k.startswith("parts/")} == parts
+    for name in DEMO_CELLS:
+        _assert_same_cube(cube.open_cube(swept["cubes"] / f"{name}.nc"), swept["cubes1"][name])
+
+
+def test_killed_job_resumes_from_its_checkpoint(swept):
+    assert 1 <= swept["killed_after"] < TINY["epochs"]  # killed mid-run
+    p = params.load(swept["profile"] / f"{KILLED_CELL}.yaml")
+    part = cube.open_cube(train.part_path(train.paths(p, swept["cubes"])[1], KILLED_LR))
+    assert float(part["wall_time"].values[0]) >= TAMPERED_WALL_TIME  # carried on from the checkpoint
+    assert part["status"].values[0] == "complete" and int(part["epochs_done"].values[0]) == TINY["epochs"]
+    want = swept["serial"][KILLED_CELL].sel(lr=[KILLED_LR])
+    for name in ("train_loss", "train_acc", "test_acc", "nc1", "robustness"):
+        np.testing.assert_array_equal(part[name].values, want[name].values, err_msg=name)
+
+
+def test_missing_dataset_is_reported_and_marked(swept):
+    lines = [line for line in swept["out"].splitlines() if line.startswith("missing:")]
+    assert len(lines) == 1 and lines[0].startswith("missing: cifar100-vgg11: dataset 'cifar100' is not available")
+    marker = json.loads((swept["cubes"] / "cifar100-vgg11.missing.json").read_text())
+    assert marker["dataset"] == "cifar100" and marker["network"] == "vgg11" and marker["status"] == "missing"
+    assert "cifar100" in marker["message"] and "NC_NPZ_DIR" in marker["message"]
+    assert not (swept["cubes"] / "cifar100-vgg11.nc").exists()
+    assert "1 cell(s) missing" in swept["out"] and "missing: cifar100-vgg11" in swept["out3"]
+
+
+def test_plan_local_shares_cores_and_packs_gpus():
+    assert sweep.plan_local(63, cores=2, gpus=0) == (2, 1)
+    assert sweep.plan_local(3, cores=16, gpus=0) == (3, 5)
+    assert sweep.plan_local(1, cores=2, gpus=0) == (1, 2)
+    assert sweep.plan_local(63, cores=16, gpus=1) == (4, 4)
+    assert sweep.plan_local(63, cores=16, gpus=2, jobs_per_gpu=3) == (6, 2)
+    assert sweep.plan_local(63, cores=16, gpus=0, parallel=5, threads=1) == (5, 1)
+
+
+def test_executor_file_rejects_unknown_keys(tmp_path):
+    (tmp_path / "_executor.yaml").write_text("slurm:\n  partitoin: gpu\n")
+    with pytest.raises(ValueError, match="partitoin"):
+        sweep.read_executor(tmp_path)
+    assert sweep.read_executor(tmp_path / "nothing-here")["executor"] == "local"
+
+
+def test_slurm_settings_from_file_dataset_and_command_line(tmp_path, monkeypatch):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit wants srun on PATH to build a Slurm executor
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    config = sweep.read_executor(ROOT / "parameters" / "paper")
+    assert config["executor"] == "slurm"
+    imagenet = sweep.Job(params.load(ROOT / "parameters" / "paper" / "imagenet-vgg19.yaml"), 0.01, tmp_path)
+    cifar = sweep.Job(params.load(ROOT / "parameters" / "paper" / "cifar10-vgg13.yaml"), 0.01, tmp_path)
+    s = sweep.slurm_settings(imagenet, config["slurm"])
+    assert s["gpus_per_job"] == 8 and s["partition"] is None
+    assert sweep.slurm_settings(cifar, config["slurm"])["gpus_per_job"] == 1
+    s = sweep.slurm_settings(imagenet, config["slurm"] | {"options": {"partition": "gpu", "time_min": 60,
+                                                                       "array_parallelism": 5}})
+    got = sweep.slurm_executor(tmp_path / "logs", s)._executor.parameters
+    assert got["partition"] == "gpu" and got["time"] == 60 and got["gpus_per_node"] == 8
+    assert got["cpus_per_task"] == s["cpus_per_job"] and got["array_parallelism"] == 5
+
+
+@pytest.mark.parametrize("profile", ["paper", "quick"])
+def test_profile_has_the_21_cells_and_every_file_loads(profile):
+    files = params.profile_files(ROOT / "parameters" / profile)
+    assert len(files) == 21
+    cells = {}
+    for f in files:
+        p = params.load(f)
+        assert f.stem == f"{p['dataset']}-{p['network']}"
+        cells.setdefault(p["dataset"], set()).add(p["network"])
+    assert cells == PAPER_NETWORKS
+    sweep.read_executor(ROOT / "parameters" / profile)
+
+
+def test_paper_files_have_the_papers_settings():
+    lrs = np.geomspace(1e-4, 0.25, 25)
+    for f in params.profile_files(ROOT / "parameters" / "paper"):
+        p = params.load(f)
+        d = p["dataset"]
+        assert p["n_per_class"] == PAPER_N.get(d) and p["test_n_per_class"] is None and p["width"] == 1.0
+        assert p["momentum"] == 0.9 and p["lr_gamma"] == 0.1 and p["npz_dir"] is None and p["npz_file"] is None
+        assert p["memory_efficient"] == (p["network"] in ("densenet201", "densenet250"))
+        if d == "imagenet":
+            assert p["epochs"] == 300 and p["batch_size"] == 256 and p["weight_decay"] == 1e-4
+            assert p["lr_milestones"] == [0.5, 0.75] and p["tpt_threshold"] == 0.996
+            want = np.geomspace(0.01, 0.25, 10)
+        else:
+            assert p["epochs"] == 350 and p["batch_size"] == 128 and p["weight_decay"] == 5e-4
+            assert p["lr_milestones"] == [1 / 3, 2 / 3] and p["tpt_threshold"] == 0.999
+            assert p["image_size"] is None
+            want = lrs
+        assert len(p["lrs"]) == len(want) and p["lrs"] == sorted(p["lrs"])
+        assert p["lrs"][0] == want[0] and p["lrs"][-1] == want[-1]  # the endpoints exactly
+        np.testing.assert_allclose(p["lrs"], want, rtol=5e-4)  # log-spaced, 4 significant digits
+        assert all(float(f"{x:.4g}") == x for x in p["lrs"])
+
+
+def test_quick_files_scale_the_paper_down():
+    for f in params.profile_files(ROOT / "parameters" / "quick"):
+        p = params.load(f)
+        d = p["dataset"]
+        assert p["n_per_class"] == 500 and p["test_n_per_class"] == 100 and p["width"] == 0.25
+        assert p["image_size"] == (16 if d in ("mnist", "fashionmnist") else 32)
+        assert p["epochs"] < 350 and p["npz_dir"] is None  # the npz folder comes from NC_NPZ_DIR
+        assert len(p["lrs"]) == 3 and np.allclose(np.diff(np.log(p["lrs"])), np.log(2))
+        assert p["memory_efficient"] == (p["network"] in ("densenet201", "densenet250"))
+        if d == "imagenet":
+            assert p["npz_file"] == "imagenette32.npz" and p["lr_milestones"] == [0.5, 0.75]
+            assert p["batch_size"] == 256 and p["tpt_threshold"] == 0.996
+        else:
+            assert p["npz_file"] is None and p["lr_milestones"] == [1 / 3, 2 / 3]
+
+
+def _feature_dim(network, num_classes, in_channels, image_size, width, memory_efficient):
+    with torch.device("meta"):  # shapes only, no memory, no compute
+        return models.build(network, num_classes, in_channels, image_size, width, memory_efficient).feature_dim
+
+
+@pytest.mark.parametrize("profile", ["paper", "quick"])
+def test_every_cell_has_a_feature_space_of_rank_c_minus_1(profile):
+    """Sigma_B has rank C-1 only if p >= C-1 (nc.measure raises otherwise, at the first snapshot)."""
+    short = []
+    for f in params.profile_files(ROOT / "parameters" / profile):
+        p = params.load(f)
+        classes = 10 if p["npz_file"] == "imagenette32.npz" else NUM_CLASSES.get(p["dataset"], 10)
+        channels = 1 if p["dataset"] in ("mnist", "fashionmnist") else 3
+        dim = _feature_dim(p["network"], classes, channels, p["image_size"] or 32, p["width"], p["memory_efficient"])
+        if dim < classes - 1:
+            short.append(f"{f.stem}: p = {dim} < C - 1 = {classes - 1}")
+    assert not short, short
