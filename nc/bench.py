@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from nc import data as data_mod, measure, params as params_mod, train
 
@@ -111,8 +110,7 @@ def train_images_per_s(network: str, width: float, data, batch_size: int, warmup
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=p["momentum"], weight_decay=p["weight_decay"])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
+    autocast = train.autocast_for(device)
     model.train()
     N = len(data.x_train)
     order = torch.randperm(N, generator=torch.Generator().manual_seed(0)).to(device)
@@ -123,14 +121,9 @@ def train_images_per_s(network: str, width: float, data, batch_size: int, warmup
     def step(s):
         nonlocal loss_sum, correct
         idx = order[(s % batches) * batch_size:(s % batches + 1) * batch_size]
-        x, y = data.x_train[idx], data.y_train[idx]
-        with autocast:
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_sum += loss.detach().double() * len(idx)
+        y = data.y_train[idx]
+        loss, logits = train.sgd_step(model, opt, data.x_train[idx], y, autocast)
+        loss_sum += loss.double() * len(idx)
         correct += (logits.argmax(1) == y).sum()
         return len(idx)
 

@@ -153,6 +153,24 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA (DESIGN section 6), none elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def sgd_step(model, opt, x, y, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """One cross-entropy SGD step on a batch; returns the batch's mean loss and its logits (detached)."""
+    with autocast:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), logits.detach()
+
+
 def build_model(params: dict, data, device) -> torch.nn.Module:
     """The network of `params`, seeded so that every lr of a sweep starts from the same weights."""
     torch.manual_seed(params["seed"])
@@ -185,8 +203,7 @@ def train_one_lr(params: dict, lr: float, data, checkpoint: Path | None = None, 
         _choose_fixed_samples(record, data, params)
     lrs = lr_schedule(lr, params["epochs"], params["lr_milestones"], params["lr_gamma"])
     N, bs = len(data.x_train), params["batch_size"]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
+    autocast = autocast_for(device)
     start_epoch = record["epochs_done"] + 1
     bar = tqdm(range(start_epoch, params["epochs"] + 1), initial=start_epoch - 1, total=params["epochs"],
                desc=f"{params['dataset']}-{params['network']} lr={lr:g}", disable=not progress, unit="epoch", mininterval=10)
@@ -205,14 +222,9 @@ def train_one_lr(params: dict, lr: float, data, checkpoint: Path | None = None, 
         seen = N - (N % bs == 1)  # a last batch of one image is skipped (BatchNorm needs two)
         for i in range(0, seen, bs):
             idx = order[i:i + bs]
-            x, y = data.x_train[idx], data.y_train[idx]
-            with autocast:
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach().double() * len(idx)
+            y = data.y_train[idx]
+            loss, logits = sgd_step(model, opt, data.x_train[idx], y, autocast)
+            loss_sum += loss.double() * len(idx)
             correct += (logits.argmax(1) == y).sum()
         ep = record["epoch"]
         ep["train_loss"][epoch - 1] = loss_sum.item() / seen
