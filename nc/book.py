@@ -164,7 +164,8 @@ def main(argv=None) -> None:
     ap.add_argument("profile", nargs="?", default="demo")
     ap.add_argument("--executor", choices=("local", "slurm"), default=None,
                     help="run the sweep through nc.sweep (one job per parameter file and lr)")
-    ap.add_argument("--force", action="store_true", help="re-train even when a cube is current")
+    ap.add_argument("--force", action="store_true",
+                    help="re-execute every run page even when its cube is current (delete cubes/<profile> to re-train)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     parameters, cubes, out = profile_dir(args.profile), cube_dir(args.profile), build_dir(args.profile)
