@@ -58,6 +58,19 @@ def _finish(path: Path, title: str | None) -> None:
     path.write_text(json.dumps(nb, indent=1))
 
 
+def _ipc_kernel_manager():
+    """A kernel manager on local IPC sockets: no TCP ports, and no unencrypted-TCP warning per notebook."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+    return IPCKernelManager
+
+
 def execute(source: Path, out: Path, parameters: dict, log: bool = False, title: str | None = None) -> Path:
     """papermill over a Jupytext MyST notebook (converted in memory), run from the repository root."""
     import jupytext
@@ -65,7 +78,8 @@ def execute(source: Path, out: Path, parameters: dict, log: bool = False, title:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(jupytext.read(source), str(out), parameters=parameters, cwd=str(ROOT),
-                               kernel_name="python3", log_output=log, progress_bar=False)
+                               kernel_name="python3", log_output=log, progress_bar=False,
+                               kernel_manager_class=_ipc_kernel_manager())
     _finish(out, title)
     return out
 
