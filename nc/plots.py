@@ -61,7 +61,7 @@ def grid(profile: xr.Dataset, curves, ylabel: str, *, logy: bool = False, suptit
                     s.set_color("0.85")
                 continue
             for name, colour, label in curves:
-                s = snapshot_series(c, name) if name in SNAPSHOT_VARS else c[name].dropna("epoch")
+                s = c[name].dropna("epoch")
                 ax.plot(s["epoch"], s, color=colour, marker="o" if name in SNAPSHOT_VARS else None,
                         ms=2.5, lw=1.4, label=label)
             tpt = float(c["tpt_epoch"])
@@ -100,20 +100,12 @@ def change_table(profile: xr.Dataset, name: str) -> list[dict]:
     """Per cell: the variable at the first snapshot, at the TPT start (nearest snapshot at or after it)
     and at the last snapshot; for the captions' summaries."""
     rows = []
-    for col in COLUMNS:
-        for row in ROWS:
-            c = cell(profile, col, row)
-            if c is None:
-                continue
-            s = snapshot_series(c, name)
-            if s.size == 0:
-                continue
-            tpt = float(c["tpt_epoch"])
-            at_tpt = s.sel(epoch=s["epoch"][s["epoch"] >= tpt][0]) if np.isfinite(tpt) and (s["epoch"] >= tpt).any() \
-                else xr.DataArray(np.nan)
-            rows.append({"dataset": col, "network": str(c["network_name"].values), "first": float(s[0]),
-                         "tpt": float(at_tpt), "last": float(s[-1]),
-                         "tpt_epoch": tpt, "last_epoch": int(s["epoch"][-1])})
+    for col, _, c in cells(profile):
+        ch = tpt_change(c, name)
+        if ch["last_epoch"] is not None:
+            rows.append({"dataset": col, "network": str(c["network_name"].values), "first": ch["first"],
+                         "tpt": ch["at_tpt"], "last": ch["last"], "tpt_epoch": ch["tpt_epoch"],
+                         "last_epoch": ch["last_epoch"]})
     return rows
 
 
