@@ -1,7 +1,8 @@
 """Drive a profile end to end: papermill executes book/train.md once per parameter file, then the intro and
 the figure notebooks, then Jupyter Book renders the executed notebooks (execution off) to HTML.
 
-    python -m nc.book reproduce [profile] [--executor local|slurm] [--force]
+    python -m nc.book reproduce [profile] [--executor local|slurm] [--only CELL ...] [--force]
+                                [--partition P] [--gpus N] [--time MIN] [--parallel N]   (with --executor)
     python -m nc.book build [profile]          # figures + HTML from the cubes already there
 
 Everything a profile produces lives in cubes/<profile>/ (the NetCDF cubes) and book/_build/<profile>/
@@ -89,14 +90,15 @@ def _fmt(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False) -> list[dict]:
+def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False, only=None) -> list[dict]:
     """Execute book/train.md for every parameter file in `parameters` (cubes into `cubes`, executed pages
-    into `out`/runs); prints progress with an ETA."""
+    into `out`/runs), or for those `only` selects (params.select); prints progress with an ETA."""
     from nc import train
 
     files = params_mod.profile_files(parameters)
     if not files:
         raise SystemExit(f"{parameters} has no parameter files")
+    files = params_mod.select(files, only)
     runs, spent, trained = [], 0.0, 0
     for i, f in enumerate(files, 1):
         p = params_mod.load(f)  # a bad file stops here, with its name and key
@@ -105,14 +107,17 @@ def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False) -> 
         current = train.is_current(cube_path, p) and page.is_file() and not force
         remaining = len(files) - i + 1
         eta = f", about {_fmt(spent / trained * remaining)} left" if trained else ""
-        print(f"[{i}/{len(files)}] {p['name']}: " + ("cube is current, not re-trained" if current else
-                                                    f"training and measuring{eta}"), flush=True)
+        cube_only = not current and train.is_current(cube_path, p) and not force
+        print(f"[{i}/{len(files)}] {p['name']}: " + (
+            "cube is current, not re-trained" if current else
+            "cube is current; executing its run page" if cube_only else f"training and measuring{eta}"), flush=True)
         if not current:
             t0 = time.perf_counter()
             execute(BOOK / "train.md", page, {"param_file": _rel(f), "cube_dir": _rel(cubes)}, log=True,
                     title=f"Run: {p['dataset']} × {p['network']}")
-            spent += time.perf_counter() - t0
-            trained += 1
+            if not cube_only:  # the ETA counts training runs only
+                spent += time.perf_counter() - t0
+                trained += 1
         runs.append({"name": p["name"], "page": page})
     return runs
 
@@ -123,12 +128,14 @@ def _rel(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def figures(profile: str, cubes: Path, out: Path) -> list[Path]:
-    """Execute the intro, every figure notebook and the theory notebook against the profile's cubes."""
+def figures(profile: str, cubes: Path, out: Path, parameters: Path | None = None) -> list[Path]:
+    """Execute the intro, every figure notebook and the theory notebook against the profile's cubes
+    (the intro also lists the cells of `parameters`, default parameters/<profile>, that have no cube)."""
     done = []
     args = {"profile": profile, "cube_dir": _rel(cubes)}
     print("executing intro", flush=True)
-    execute(BOOK / "intro.md", out / "intro.ipynb", args)
+    execute(BOOK / "intro.md", out / "intro.ipynb",
+            args | {"parameters_dir": _rel(parameters or ROOT / "parameters" / profile)})
     for name in FIGURES:
         src = BOOK / "figures" / f"{name}.md"
         if src.is_file():
@@ -180,16 +187,31 @@ def main(argv=None) -> None:
                     help="run the sweep through nc.sweep (one job per parameter file and lr)")
     ap.add_argument("--force", action="store_true",
                     help="re-execute every run page even when its cube is current (delete cubes/<profile> to re-train)")
+    ap.add_argument("--partition", default=None, help="Slurm partition (default: the profile's _executor.yaml)")
+    ap.add_argument("--gpus", type=int, default=None, help="GPUs per Slurm job")
+    ap.add_argument("--time", type=int, default=None, help="Slurm time limit per job, minutes")
+    ap.add_argument("--parallel", type=int, default=None, help="jobs at once (local) or Slurm array parallelism")
+    ap.add_argument("--only", nargs="+", default=None, metavar="CELL",
+                    help="train only these cells: names or patterns (cifar10-vgg13, 'mnist-*') or datasets "
+                         "(mnist cifar10); the book lists the others as not run")
     args = ap.parse_args(argv)
+    if not args.executor and any(v is not None for v in (args.partition, args.gpus, args.time, args.parallel)):
+        ap.error("--partition, --gpus, --time and --parallel go with --executor local|slurm")
     t0 = time.perf_counter()
     parameters, cubes, out = profile_dir(args.profile), cube_dir(args.profile), build_dir(args.profile)
+    try:
+        params_mod.select(params_mod.profile_files(parameters), args.only)
+    except ValueError as err:
+        raise SystemExit(f"nc.book: {err}") from None
     if args.command == "reproduce":
         if args.executor:
             from nc import sweep
 
-            sweep.run_profile(parameters, cubes, executor=args.executor)
-        train_all(parameters, cubes, out, force=args.force)
-    figures(args.profile, cubes, out)
+            with sweep.sigterm_exits():  # a killed driver stops its jobs too (they resume on the next run)
+                sweep.run_profile(parameters, cubes, executor=args.executor, partition=args.partition,
+                                  gpus_per_job=args.gpus, time_min=args.time, parallel=args.parallel, only=args.only)
+        train_all(parameters, cubes, out, force=args.force, only=args.only)
+    figures(args.profile, cubes, out, parameters)
     index = render(out)
     print(f"done in {_fmt(time.perf_counter() - t0)}; open {index}", flush=True)
 

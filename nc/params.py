@@ -6,6 +6,7 @@ fast they are computed), so a finished cube is reused only when its parameters a
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import math
@@ -148,6 +149,22 @@ def load(path) -> dict:
 def profile_files(profile_dir) -> list[Path]:
     """The parameter files of a profile directory, sorted, without `_defaults.yaml`."""
     return sorted(p for p in Path(profile_dir).glob("*.yaml") if not p.name.startswith("_"))
+
+
+def select(files, only) -> list[Path]:
+    """The parameter files whose cell name (the file stem, `<dataset>-<network>`) matches one of the patterns
+    in `only` (shell-style, e.g. `mnist-*`; a bare dataset name `mnist` means `mnist-*`); all of them when
+    `only` is empty. ValueError naming the pattern when one matches no file."""
+    files = [Path(f) for f in files]
+    if not only:
+        return files
+    keep = set()
+    for pattern in only:
+        hits = {f for f in files if fnmatch.fnmatchcase(f.stem, pattern) or fnmatch.fnmatchcase(f.stem, f"{pattern}-*")}
+        if not hits:
+            raise ValueError(f"--only {pattern!r} matches no parameter file (cells: {', '.join(f.stem for f in files)})")
+        keep |= hits
+    return [f for f in files if f in keep]
 
 
 def digest(params: dict) -> str:

@@ -43,11 +43,12 @@ never replaced; `<cube_dir>/<dataset>-<network>.missing.json` holds the message 
 go to `<cube_dir>/logs/`.
 
     python -m nc.sweep parameters/quick [--executor local|slurm] [--cube-dir DIR] [--partition P]
-                                        [--gpus N] [--time MIN] [--parallel N]
+                                        [--gpus N] [--time MIN] [--parallel N] [--only CELL ...]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -188,10 +189,35 @@ def _progress(total: int):
         done += 1
         what = (f"done in {_fmt(took)}" if "part" in outcome else
                 "dataset missing" if "missing" in outcome else f"FAILED: {outcome['error']}")
-        eta = f"; about {_fmt((time.perf_counter() - t0) / done * (total - done))} left" if done < total else ""
+        eta = (f"; at the pace so far about {_fmt((time.perf_counter() - t0) / done * (total - done))} left"
+               if done < total else "")
         print(f"[{done}/{total}] {job.label}: {what}{eta}", flush=True)
 
     return report
+
+
+STATUS_EVERY_S = 300  # while jobs run, the driver prints their progress bars this often (seconds)
+
+
+def last_progress(log) -> str | None:
+    """The last progress-bar line in a job's stderr log (`cell lr=0.05:  8%|8/100 [04:12<40:53, ...]`), or None."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 4096))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    bars = [line.strip() for line in text.replace("\r", "\n").split("\n") if "epoch" in line and "|" in line]
+    return bars[-1] if bars else None
+
+
+def _status(t0: float, done: int, total: int, running: list[tuple[str, Path]], waiting: int) -> None:
+    """One status block: jobs done / running / waiting, then each running job's own progress bar (its ETA)."""
+    print(f"[{_fmt(time.perf_counter() - t0)}] {done}/{total} job(s) done, {len(running)} running, {waiting} waiting",
+          flush=True)
+    for label, log in running:
+        print(f"    {last_progress(log) or label + ': starting (or queued)'}", flush=True)
 
 
 def _run_local(jobs: list[Job], folder: Path, settings: dict, report, poll_s: float) -> dict:
@@ -205,6 +231,7 @@ def _run_local(jobs: list[Job], folder: Path, settings: dict, report, poll_s: fl
     executor = submitit.LocalExecutor(folder)
     executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
     pending, running, outcomes, per_gpu = list(jobs), {}, {}, [0] * gpus
+    t0 = last_status = time.perf_counter()
     try:
         while pending or running:
             while pending and len(running) < at_once:
@@ -224,6 +251,10 @@ def _run_local(jobs: list[Job], folder: Path, settings: dict, report, poll_s: fl
                 report(job, outcomes[id(job)], time.perf_counter() - started)
             if not finished:
                 time.sleep(poll_s)
+            if time.perf_counter() - last_status >= STATUS_EVERY_S and running:
+                last_status = time.perf_counter()
+                _status(t0, len(outcomes), len(jobs), [(j.label, h.paths.stderr) for h, (j, _, _) in running.items()],
+                        len(pending))
     finally:
         for handle in running:  # interrupted: stop the job processes (they would outlive us); they resume later
             handle.cancel(check=False)
@@ -265,7 +296,8 @@ def _run_slurm(jobs: list[Job], folder: Path, settings: dict, report, poll_s: fl
             print(f"slurm: submitted {len(group)} job(s) (array {handles[0].job_id.split('_')[0]}): "
                   f"partition={s['partition'] or 'default'}, {s['gpus_per_job']} GPU, {s['cpus_per_job']} CPUs, "
                   f"{s['time_min']} min, {s['array_parallelism']} at once", flush=True)
-        outcomes = {}
+        outcomes, t0 = {}, time.perf_counter()
+        last_status = t0
         while running:
             finished = [h for h in running if h.done()]
             for handle in finished:
@@ -274,6 +306,9 @@ def _run_slurm(jobs: list[Job], folder: Path, settings: dict, report, poll_s: fl
                 report(job, outcomes[id(job)], time.perf_counter() - started)
             if not finished:
                 time.sleep(poll_s)
+            if time.perf_counter() - last_status >= STATUS_EVERY_S and running:
+                last_status = time.perf_counter()
+                _status(t0, len(outcomes), len(jobs), [(j.label, h.paths.stderr) for h, (j, _) in running.items()], 0)
     except BaseException:  # interrupted (Ctrl-C, SIGTERM): cancel the jobs, so that a re-run does not duplicate them
         for handle in running:
             handle.cancel(check=False)
@@ -283,13 +318,14 @@ def _run_slurm(jobs: list[Job], folder: Path, settings: dict, report, poll_s: fl
 
 def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition: str | None = None,
                 gpus_per_job: int | None = None, time_min: int | None = None, parallel: int | None = None,
-                poll_s: float | None = None) -> list[Path]:
+                poll_s: float | None = None, only=None) -> list[Path]:
     """Train every (parameter file, lr) of a profile as jobs and merge each cell's cube; returns the cube paths.
 
     executor: local or slurm (None: `executor` of the profile's _executor.yaml, else local). partition,
     gpus_per_job, time_min: Slurm options; parallel: jobs at once (local) or array parallelism (Slurm).
     Cells with an unavailable dataset are skipped and get a `.missing.json` marker; raises RuntimeError
-    after merging what it can if any job failed."""
+    after merging what it can if any job failed. only: cell-name patterns (params.select); the other
+    cells are left alone."""
     profile_dir, cube_dir = Path(profile_dir), Path(cube_dir)
     config = read_executor(profile_dir)
     executor = executor or config["executor"]
@@ -298,6 +334,7 @@ def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition
     files = params_mod.profile_files(profile_dir)
     if not files:
         raise ValueError(f"{profile_dir} has no parameter files")
+    files = params_mod.select(files, only)
     cells = [params_mod.load(f) for f in files]  # a bad file stops here, before anything runs
     seen = {}
     for p in cells:
@@ -368,6 +405,17 @@ def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition
     return sorted(current + written)
 
 
+@contextlib.contextmanager
+def sigterm_exits():
+    """While inside: SIGTERM (kill, scancel of a driver job) raises SystemExit, so the executors' cleanup runs
+    and stops the jobs (submitit's jobs themselves ignore SIGTERM and would otherwise run on, orphaned)."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m nc.sweep", description=__doc__.split("\n\n")[0])
     ap.add_argument("profile_dir", help="a folder of parameter files, e.g. parameters/quick")
@@ -378,18 +426,17 @@ def main(argv=None) -> None:
     ap.add_argument("--gpus", type=int, default=None, help="GPUs per Slurm job")
     ap.add_argument("--time", type=int, default=None, help="Slurm time limit per job, minutes")
     ap.add_argument("--parallel", type=int, default=None, help="jobs at once (local) or Slurm array parallelism")
+    ap.add_argument("--only", nargs="+", default=None, metavar="CELL",
+                    help="run only these cells: names or patterns (cifar10-vgg13, 'mnist-*') or datasets (mnist)")
     args = ap.parse_args(argv)
     profile_dir = Path(args.profile_dir)
     cube_dir = Path(args.cube_dir) if args.cube_dir else ROOT / "cubes" / profile_dir.resolve().name
-    # SIGTERM (kill, scancel of a driver job) exits through the executors' cleanup, which stops the jobs
-    on_term = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        paths = run_profile(profile_dir, cube_dir, args.executor, partition=args.partition, gpus_per_job=args.gpus,
-                            time_min=args.time, parallel=args.parallel)
+        with sigterm_exits():
+            paths = run_profile(profile_dir, cube_dir, args.executor, partition=args.partition,
+                                gpus_per_job=args.gpus, time_min=args.time, parallel=args.parallel, only=args.only)
     except (RuntimeError, ValueError) as err:  # ParameterError is a ValueError
         sys.exit(f"nc.sweep: {err}")
-    finally:
-        signal.signal(signal.SIGTERM, on_term)
     print(f"{len(paths)} cube(s) in {cube_dir}", flush=True)
 
 

@@ -31,9 +31,10 @@ def built(tmp_path_factory):
     for net in ("vgg11", "resnet18", "densenet40"):
         (params / f"demo-{net}.yaml").write_text(f"network: {net}\n")
     (params / "cifar100-vgg13.yaml").write_text("dataset: cifar100\nnetwork: vgg13\nnpz_dir: " + str(root) + "\n")
+    (params / "demo-vgg13.yaml").write_text("network: vgg13\n")  # left out with --only: listed as not run
     cubes, out = root / "cubes", root / "book"
-    book.train_all(params, cubes, out)
-    book.figures("test", cubes, out)
+    book.train_all(params, cubes, out, only=["demo-vgg11", "demo-resnet18", "demo-densenet40", "cifar100"])
+    book.figures("test", cubes, out, params)
     return cubes, out, book.render(out)
 
 
@@ -62,6 +63,7 @@ def test_every_page_is_rendered_with_its_images(built):
     for name in ("demo-vgg11", "demo-resnet18", "demo-densenet40"):
         assert f"runs/{name}.html" in intro
     assert "figures/fig6.html" in intro and "missing" in intro
+    assert "| vgg13 | | | | | | not run | | |" in (out / "intro.ipynb").read_text() and "not run" in intro
 
 
 def chromium():
@@ -94,3 +96,11 @@ def test_index_page_renders_in_headless_chromium(built, tmp_path):
     flat = (img[..., :3] * 255).astype(int).reshape(-1, 3)
     assert img[..., :3].std() > 0.05
     assert len({tuple(c) for c in flat[:: 97]}) > 20
+
+
+def test_command_line_rejects_slurm_options_without_an_executor_and_unknown_cells(capsys):
+    with pytest.raises(SystemExit):
+        book.main(["reproduce", "quick", "--gpus", "2"])
+    assert "go with --executor" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--only 'svhn-vgg99' matches no parameter file"):
+        book.main(["reproduce", "quick", "--executor", "local", "--only", "svhn-vgg99"])

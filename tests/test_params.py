@@ -54,3 +54,15 @@ def test_digest_ignores_where_not_what(tmp_path):
     p = params.load(write(tmp_path, GOOD))
     assert params.digest(p) == params.digest(dict(p, device="cuda", eval_batch_size=7, npz_dir="/x"))
     assert params.digest(p) != params.digest(dict(p, lrs=[0.1]))
+
+
+def test_select_cells_by_name_pattern_or_dataset(tmp_path):
+    names = ["cifar10-vgg13", "cifar100-vgg13", "mnist-resnet18", "mnist-vgg11"]
+    files = [tmp_path / f"{n}.yaml" for n in names]
+    stems = lambda only: [f.stem for f in params.select(files, only)]  # noqa: E731
+    assert stems(None) == stems([]) == names
+    assert stems(["mnist"]) == ["mnist-resnet18", "mnist-vgg11"]  # a dataset, not a prefix: cifar10 != cifar100
+    assert stems(["cifar10"]) == ["cifar10-vgg13"]
+    assert stems(["*-vgg*", "mnist-resnet18"]) == ["cifar10-vgg13", "cifar100-vgg13", "mnist-resnet18", "mnist-vgg11"]
+    with pytest.raises(ValueError, match="'svhn' matches no parameter file"):
+        params.select(files, ["mnist", "svhn"])

@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,6 +90,7 @@ def swept(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NC_NPZ_DIR", str(empty))
         mp.setenv("NC_DATA_ROOT", str(empty))
+        mp.setattr(sweep, "STATUS_EVERY_S", 0.5)  # status blocks while the jobs run
         # 1. a job killed with SIGKILL after its first checkpoint
         p = params.load(profile / f"{KILLED_CELL}.yaml")
         _, parts_dir = train.paths(p, cubes)
@@ -143,6 +145,23 @@ def test_jobs_run_as_processes_and_merge_into_the_serial_cubes(swept):
         _assert_same_cube(got, swept["serial"][name])
 
 
+def test_driver_prints_the_running_jobs_progress(swept):
+    assert re.search(r"\] \d+/4 job\(s\) done, [12] running, \d+ waiting", swept["out"])
+    bars = [line for line in swept["out"].splitlines() if line.startswith("    demo-")]
+    assert bars and all(re.match(r"    demo-vgg1[13] lr=0\.0[25]: (starting|.*\d+/5 \[)", b) for b in bars), bars
+
+
+def test_last_progress_reads_the_last_bar_of_a_log(tmp_path):
+    log = tmp_path / "job_log.err"
+    log.write_text("submitit INFO starting\ncell lr=0.05:   0%|  | 0/9 [00:00<?, ?epoch/s]\r"
+                   "cell lr=0.05:  22%|##| 2/9 [00:04<00:14, 2.00s/epoch, acc=0.5]\r"
+                   "cell lr=0.05:  33%|###| 3/9 [00:06<00:12, 2.00s/epoch, acc=0.6]\rsubmitit WARNING Bypassing\n")
+    assert sweep.last_progress(log) == "cell lr=0.05:  33%|###| 3/9 [00:06<00:12, 2.00s/epoch, acc=0.6]"
+    assert sweep.last_progress(tmp_path / "none.err") is None
+    log.write_text("submitit INFO starting\n")
+    assert sweep.last_progress(log) is None
+
+
 def test_rerun_trains_nothing(swept):
     parts = {k: v for k, v in swept["mtimes1"].items() if k.startswith("parts/")}
     assert len(parts) == 4
@@ -174,6 +193,16 @@ def test_missing_dataset_is_reported_and_marked(swept):
     assert "cifar100" in marker["message"] and "NC_NPZ_DIR" in marker["message"]
     assert not (swept["cubes"] / "cifar100-vgg11.nc").exists()
     assert "1 cell(s) missing" in swept["out"] and "missing: cifar100-vgg11" in swept["out3"]
+
+
+def test_only_selects_cells_and_leaves_the_others_alone(swept):
+    before = _mtimes(swept["cubes"])
+    paths, out = _sweep(swept["profile"], swept["cubes"], "local", only=["demo-vgg13"])
+    assert paths == [swept["cubes"] / "demo-vgg13.nc"]
+    assert "sweep tiny: 1 cells, 2 lrs; 1 cube(s) current, 0 cell(s) missing" in out  # cifar100 not even probed
+    assert _mtimes(swept["cubes"]) == before
+    with pytest.raises(ValueError, match="'svhn' matches no parameter file"):
+        sweep.run_profile(swept["profile"], swept["cubes"], only=["svhn"])
 
 
 def test_plan_local_shares_cores_and_packs_gpus():
@@ -252,7 +281,8 @@ def test_quick_files_scale_the_paper_down():
     for f in params.profile_files(ROOT / "parameters" / "quick"):
         p = params.load(f)
         d = p["dataset"]
-        assert p["n_per_class"] == 500 and p["test_n_per_class"] == 100 and p["width"] == 0.25
+        assert p["n_per_class"] == 100 and p["test_n_per_class"] == 100
+        assert p["width"] == (0.5 if p["network"] == "densenet40" else 0.25)
         assert p["image_size"] == (16 if d in ("mnist", "fashionmnist") else 32)
         assert p["epochs"] < 350 and p["npz_dir"] is None  # the npz folder comes from NC_NPZ_DIR
         assert len(p["lrs"]) == 3 and np.allclose(np.diff(np.log(p["lrs"])), np.log(2))
@@ -281,3 +311,45 @@ def test_every_cell_has_a_feature_space_of_rank_c_minus_1(profile):
         if dim < classes - 1:
             short.append(f"{f.stem}: p = {dim} < C - 1 = {classes - 1}")
     assert not short, short
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains `text` (Linux /proc)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if text.encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="needs Linux /proc")
+def test_sigterm_to_the_driver_stops_its_jobs(tmp_path):
+    """submitit's jobs ignore SIGTERM; the driver must cancel them when it is killed, not leave them orphaned."""
+    profile, cubes = tmp_path / "long", tmp_path / "cubes"
+    profile.mkdir()
+    (profile / "_defaults.yaml").write_text(yaml.safe_dump(TINY | {"epochs": 100_000, "lrs": [0.05],
+                                                                   "snapshot_epochs": [1]}))
+    (profile / "demo-vgg11.yaml").write_text("network: vgg11\n")
+    (profile / "_executor.yaml").write_text(yaml.safe_dump({"local": {"parallel": 1, "threads": 1}}))
+    driver = subprocess.Popen([sys.executable, "-m", "nc.sweep", str(profile), "--cube-dir", str(cubes)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ckpt = cubes / "parts" / "demo-vgg11" / "lr-0.05.ckpt"
+        deadline = time.monotonic() + 120
+        while not ckpt.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ckpt.is_file(), "the job never started training"
+        jobs = _processes_mentioning(str(cubes / "logs"))
+        assert jobs, "no job process found"
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=60) != 0
+        deadline = time.monotonic() + 30
+        while _processes_mentioning(str(cubes / "logs")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _processes_mentioning(str(cubes / "logs")) == [], "job processes outlived the killed driver"
+    finally:
+        driver.kill()
+        for pid in _processes_mentioning(str(cubes / "logs")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
