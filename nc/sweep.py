@@ -369,7 +369,7 @@ def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition
           f"{len(jobs)} job(s) to run ({executor})", flush=True)
     outcomes = {}
     if jobs:
-        folder = cube_dir / "logs" / "%j"
+        folder = cube_dir / "logs"  # submitit names each job's files <job id>_<task>_log.{out,err}, ...
         report = _progress(len(jobs))
         if executor == "local":
             outcomes = _run_local(jobs, folder, config["local"] | ({"parallel": parallel} if parallel else {}),
