@@ -104,10 +104,11 @@ def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False, onl
         p = params_mod.load(f)  # a bad file stops here, with its name and key
         cube_path, _ = train.paths(p, cubes)
         page = out / "runs" / f"{p['name']}.ipynb"
-        current = train.is_current(cube_path, p) and page.is_file() and not force
+        cube_current = train.is_current(cube_path, p) and not force
+        current = cube_current and page.is_file()
         remaining = len(files) - i + 1
         eta = f", about {_fmt(spent / trained * remaining)} left" if trained else ""
-        cube_only = not current and train.is_current(cube_path, p) and not force
+        cube_only = cube_current and not current
         print(f"[{i}/{len(files)}] {p['name']}: " + (
             "cube is current, not re-trained" if current else
             "cube is current; executing its run page" if cube_only else f"training and measuring{eta}"), flush=True)

@@ -212,12 +212,38 @@ def last_progress(log) -> str | None:
     return bars[-1] if bars else None
 
 
-def _status(t0: float, done: int, total: int, running: list[tuple[str, Path]], waiting: int) -> None:
-    """One status block: jobs done / running / waiting, then each running job's own progress bar (its ETA)."""
-    print(f"[{_fmt(time.perf_counter() - t0)}] {done}/{total} job(s) done, {len(running)} running, {waiting} waiting",
-          flush=True)
-    for label, log in running:
-        print(f"    {last_progress(log) or label + ': starting (or queued)'}", flush=True)
+def _status_printer(total: int):
+    """A `status(running, done, waiting)` that prints, at most every STATUS_EVERY_S, one block: jobs done /
+    running / waiting, then each running job's own progress bar (its ETA)."""
+    t0 = last = time.perf_counter()
+
+    def status(running: dict, done: int, waiting: int) -> None:
+        nonlocal last
+        if not running or time.perf_counter() - last < STATUS_EVERY_S:
+            return
+        last = time.perf_counter()
+        print(f"[{_fmt(last - t0)}] {done}/{total} job(s) done, {len(running)} running, {waiting} waiting", flush=True)
+        for handle, (job, _, _) in running.items():
+            print(f"    {last_progress(handle.paths.stderr) or job.label + ': starting (or queued)'}", flush=True)
+
+    return status
+
+
+def _poll(running: dict, outcomes: dict, report, status, waiting: int, poll_s: float) -> list:
+    """One round of a driver's wait loop over `running` ({handle: (job, started, gpu)}): pops, records and
+    reports the finished jobs (returned as their (job, started, gpu)), sleeps poll_s if none finished, and
+    lets `status` print when due."""
+    finished = []
+    for handle in [h for h in running if h.done()]:
+        entry = running.pop(handle)
+        job, started, _ = entry
+        outcomes[id(job)] = _outcome(handle)
+        report(job, outcomes[id(job)], time.perf_counter() - started)
+        finished.append(entry)
+    if not finished:
+        time.sleep(poll_s)
+    status(running, len(outcomes), waiting)
+    return finished
 
 
 def _run_local(jobs: list[Job], folder: Path, settings: dict, report, poll_s: float) -> dict:
@@ -231,7 +257,7 @@ def _run_local(jobs: list[Job], folder: Path, settings: dict, report, poll_s: fl
     executor = submitit.LocalExecutor(folder)
     executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
     pending, running, outcomes, per_gpu = list(jobs), {}, {}, [0] * gpus
-    t0 = last_status = time.perf_counter()
+    status = _status_printer(len(jobs))
     try:
         while pending or running:
             while pending and len(running) < at_once:
@@ -239,22 +265,12 @@ def _run_local(jobs: list[Job], folder: Path, settings: dict, report, poll_s: fl
                 gpu = min(range(gpus), key=per_gpu.__getitem__) if gpus else None
                 executor.update_parameters(gpus_per_node=int(gpus > 0), visible_gpus=() if gpu is None else (gpu,))
                 handle = executor.submit(TrainPart(), job.params, job.lr, str(job.parts_dir), threads)
-                running[handle] = (job, gpu, time.perf_counter())
+                running[handle] = (job, time.perf_counter(), gpu)
                 if gpu is not None:
                     per_gpu[gpu] += 1
-            finished = [h for h in running if h.done()]
-            for handle in finished:
-                job, gpu, started = running.pop(handle)
+            for _, _, gpu in _poll(running, outcomes, report, status, len(pending), poll_s):
                 if gpu is not None:
                     per_gpu[gpu] -= 1
-                outcomes[id(job)] = _outcome(handle)
-                report(job, outcomes[id(job)], time.perf_counter() - started)
-            if not finished:
-                time.sleep(poll_s)
-            if time.perf_counter() - last_status >= STATUS_EVERY_S and running:
-                last_status = time.perf_counter()
-                _status(t0, len(outcomes), len(jobs), [(j.label, h.paths.stderr) for h, (j, _, _) in running.items()],
-                        len(pending))
     finally:
         for handle in running:  # interrupted: stop the job processes (they would outlive us); they resume later
             handle.cancel(check=False)
@@ -292,23 +308,13 @@ def _run_slurm(jobs: list[Job], folder: Path, settings: dict, report, poll_s: fl
             with executor.batch():
                 handles = [executor.submit(TrainPart(), j.params, j.lr, str(j.parts_dir), int(s["cpus_per_job"]))
                            for j in group]
-            running.update({h: (j, time.perf_counter()) for h, j in zip(handles, group)})
+            running.update({h: (j, time.perf_counter(), None) for h, j in zip(handles, group)})
             print(f"slurm: submitted {len(group)} job(s) (array {handles[0].job_id.split('_')[0]}): "
                   f"partition={s['partition'] or 'default'}, {s['gpus_per_job']} GPU, {s['cpus_per_job']} CPUs, "
                   f"{s['time_min']} min, {s['array_parallelism']} at once", flush=True)
-        outcomes, t0 = {}, time.perf_counter()
-        last_status = t0
+        outcomes, status = {}, _status_printer(len(jobs))
         while running:
-            finished = [h for h in running if h.done()]
-            for handle in finished:
-                job, started = running.pop(handle)
-                outcomes[id(job)] = _outcome(handle)
-                report(job, outcomes[id(job)], time.perf_counter() - started)
-            if not finished:
-                time.sleep(poll_s)
-            if time.perf_counter() - last_status >= STATUS_EVERY_S and running:
-                last_status = time.perf_counter()
-                _status(t0, len(outcomes), len(jobs), [(j.label, h.paths.stderr) for h, (j, _) in running.items()], 0)
+            _poll(running, outcomes, report, status, 0, poll_s)
     except BaseException:  # interrupted (Ctrl-C, SIGTERM): cancel the jobs, so that a re-run does not duplicate them
         for handle in running:
             handle.cancel(check=False)
