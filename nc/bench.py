@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 
-from nc import data as data_mod, measure, params as params_mod, train
+from nc import data as data_mod
+from nc import measure, train
+from nc import params as params_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 LR = 0.05  # any learning rate: the cost of a step does not depend on it

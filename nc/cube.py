@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from nc import measure, params as params_mod
+from nc import measure
+from nc import params as params_mod
 
 SELECTION_RULE = "highest test accuracy at the last epoch among complete runs (paper Section 2G)"
 STATUSES = ("complete", "diverged", "running")

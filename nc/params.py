@@ -162,7 +162,8 @@ def select(files, only) -> list[Path]:
     for pattern in only:
         hits = {f for f in files if fnmatch.fnmatchcase(f.stem, pattern) or fnmatch.fnmatchcase(f.stem, f"{pattern}-*")}
         if not hits:
-            raise ValueError(f"--only {pattern!r} matches no parameter file (cells: {', '.join(f.stem for f in files)})")
+            cells = ", ".join(f.stem for f in files)
+            raise ValueError(f"--only {pattern!r} matches no parameter file (cells: {cells})")
         keep |= hits
     return [f for f in files if f in keep]
 

@@ -112,7 +112,8 @@ def change_table(profile: xr.Dataset, name: str) -> list[dict]:
 def summary_markdown(profile: xr.Dataset, names, label: str, fmt: str = ".3g") -> str:
     """A Markdown table per cell of `names` at the first snapshot, the TPT start and the last epoch, and one
     sentence counting the cells where the last value is below the TPT-start value (the paper's claim)."""
-    lines = ["| dataset | network | measure | first snapshot | TPT start (epoch) | last epoch |", "|---|---|---|---|---|---|"]
+    lines = ["| dataset | network | measure | first snapshot | TPT start (epoch) | last epoch |",
+             "|---|---|---|---|---|---|"]
     lower, total = 0, 0
     for name in names:
         for r in change_table(profile, name):

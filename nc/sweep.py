@@ -87,7 +87,7 @@ def _section(value, known, where: str) -> dict:
     """A mapping whose keys are all in `known` (None reads as empty); ValueError naming `where` otherwise."""
     value = {} if value is None else value
     if not isinstance(value, dict):
-        raise ValueError(f"{where} must be a mapping of key: value, got {value!r}")  # noqa: TRY004 (a bad file)
+        raise ValueError(f"{where} must be a mapping of key: value, got {value!r}")
     if set(value) - set(known):
         raise ValueError(f"{where}: unknown key {min(set(value) - set(known))!r} (known: {', '.join(known)})")
     return value
@@ -173,7 +173,7 @@ def _outcome(job) -> dict:
     """The job's result dict, or {"error": ...} naming its log."""
     try:
         return job.result()
-    except Exception as err:  # noqa: BLE001 -- a failed or killed job: report it, let the others finish
+    except Exception as err:
         sections = str(err).split("\n----------------------\n")  # FailedJobError: header, traceback, log paths
         lines = (sections[1] if len(sections) > 2 else str(err)).strip().splitlines() or [type(err).__name__]
         reason = lines[-1] if len(sections) > 2 else lines[0]

@@ -61,7 +61,7 @@ def tpt_start(train_acc: np.ndarray, threshold: float) -> float:
 def empty_record(params: dict, lr: float, snapshots: list[int], num_classes: int, feature_dim: int) -> dict:
     """Arrays for every epoch (NaN until filled) and for every snapshot's geometry."""
     E, S, C, p = params["epochs"], len(snapshots), num_classes, feature_dim
-    nan = lambda *shape: np.full(shape, np.nan)  # noqa: E731
+    nan = lambda *shape: np.full(shape, np.nan)
     k, m = min(params["fig1_classes"], C), params["fig1_samples"]
     return {
         "lr": lr, "status": "running", "epochs_done": 0, "wall_time": 0.0, "snapshot_epochs": snapshots,
@@ -206,7 +206,8 @@ def train_one_lr(params: dict, lr: float, data, checkpoint: Path | None = None, 
     autocast = autocast_for(device)
     start_epoch = record["epochs_done"] + 1
     bar = tqdm(range(start_epoch, params["epochs"] + 1), initial=start_epoch - 1, total=params["epochs"],
-               desc=f"{params['dataset']}-{params['network']} lr={lr:g}", disable=not progress, unit="epoch", mininterval=10)
+               desc=f"{params['dataset']}-{params['network']} lr={lr:g}", disable=not progress, unit="epoch",
+               mininterval=10)
     done_here = 0
     for epoch in bar:
         if record["status"] != "running":
@@ -293,7 +294,8 @@ def paths(params: dict, cube_dir) -> tuple[Path, Path]:
 
 def is_current(path: Path, params: dict) -> bool:
     """A finished cube made from these same parameters (by hash): nothing to re-train."""
-    from nc import cube, params as params_mod
+    from nc import cube
+    from nc import params as params_mod
 
     if not Path(path).is_file():
         return False
@@ -310,7 +312,8 @@ def part_path(parts_dir: Path, lr: float) -> Path:
 
 def part_finished(params: dict, lr: float, parts_dir) -> bool:
     """The part of `lr` exists, comes from these parameters (hash) and is no longer running."""
-    from nc import cube, params as params_mod
+    from nc import cube
+    from nc import params as params_mod
 
     path = part_path(parts_dir, lr)
     if not path.is_file():
@@ -325,7 +328,8 @@ def part_finished(params: dict, lr: float, parts_dir) -> bool:
 def run_part(params: dict, lr: float, parts_dir, data=None, progress: bool = True,
              stop_after: int | None = None) -> Path:
     """Train and measure one lr into its own part file (resuming from its checkpoint); skips a finished part."""
-    from nc import cube, params as params_mod
+    from nc import cube
+    from nc import params as params_mod
 
     out = part_path(parts_dir, lr)
     if part_finished(params, lr, parts_dir):

@@ -59,7 +59,7 @@ def test_digest_ignores_where_not_what(tmp_path):
 def test_select_cells_by_name_pattern_or_dataset(tmp_path):
     names = ["cifar10-vgg13", "cifar100-vgg13", "mnist-resnet18", "mnist-vgg11"]
     files = [tmp_path / f"{n}.yaml" for n in names]
-    stems = lambda only: [f.stem for f in params.select(files, only)]  # noqa: E731
+    stems = lambda only: [f.stem for f in params.select(files, only)]
     assert stems(None) == stems([]) == names
     assert stems(["mnist"]) == ["mnist-resnet18", "mnist-vgg11"]  # a dataset, not a prefix: cifar10 != cifar100
     assert stems(["cifar10"]) == ["cifar10-vgg13"]

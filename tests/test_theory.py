@@ -151,7 +151,7 @@ def test_error_probability_of_etf_and_orthogonal_codebooks_is_exact():
     C, sigma = 10, 0.3
     books = [(theory.simplex_etf(C, C, rng=5), math.sqrt(C / (C - 1))), (theory.orthogonal_codebook(C, 12, rng=6), 1.0)]
     for M, a in books:
-        exact = 1 - integrate.quad(lambda x: stats.norm.pdf(x) * stats.norm.cdf(x + a / sigma) ** (C - 1),
+        exact = 1 - integrate.quad(lambda x, a=a: stats.norm.pdf(x) * stats.norm.cdf(x + a / sigma) ** (C - 1),
                                    -np.inf, np.inf, epsabs=1e-13)[0]
         p_hat, _, n = theory.error_probability(M, sigma, 200_000, rng=7)
         assert abs(p_hat - exact) < 4 * math.sqrt(exact / n)
