@@ -93,18 +93,18 @@ def _fmt(seconds: float) -> str:
 def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False, only=None) -> list[dict]:
     """Execute book/train.md for every parameter file in `parameters` (cubes into `cubes`, executed pages
     into `out`/runs), or for those `only` selects (params.select); prints progress with an ETA."""
-    from nc import train
+    from nc import runs
 
     files = params_mod.profile_files(parameters)
     if not files:
         raise SystemExit(f"{parameters} has no parameter files")
     files = params_mod.select(files, only)
-    runs, spent, trained = [], 0.0, 0
+    pages, spent, trained = [], 0.0, 0
     for i, f in enumerate(files, 1):
         p = params_mod.load(f)  # a bad file stops here, with its name and key
-        cube_path, _ = train.paths(p, cubes)
+        cube_path, _ = runs.paths(p, cubes)
         page = out / "runs" / f"{p['name']}.ipynb"
-        cube_current = train.is_current(cube_path, p) and not force
+        cube_current = runs.is_current(cube_path, p) and not force
         current = cube_current and page.is_file()
         remaining = len(files) - i + 1
         eta = f", about {_fmt(spent / trained * remaining)} left" if trained else ""
@@ -119,8 +119,8 @@ def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False, onl
             if not cube_only:  # the ETA counts training runs only
                 spent += time.perf_counter() - t0
                 trained += 1
-        runs.append({"name": p["name"], "page": page})
-    return runs
+        pages.append({"name": p["name"], "page": page})
+    return pages
 
 
 def _rel(path: Path) -> str:

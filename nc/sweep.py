@@ -1,11 +1,11 @@
 """Run a profile's sweep: one job per (parameter file, learning rate), then one cube per parameter file.
 
-DESIGN.md section 7. Every job calls `nc.train.run_part`, which trains one lr into its own part file,
+DESIGN.md section 7. Every job calls `nc.runs.run_part`, which trains one lr into its own part file,
 checkpoints after every epoch, resumes from its checkpoint and skips a finished part; a job killed at
 any point therefore resumes from its last checkpoint when the sweep is run again, and parts that are
 already finished are not submitted at all. When the jobs are done, each cell's cube is
 `nc.cube.merge` of its parts (a pure function of them), validated and written atomically to the path
-`nc.train.paths` gives. A cell whose cube is current (same parameter hash, complete) is left alone.
+`nc.runs.paths` gives. A cell whose cube is current (same parameter hash, complete) is left alone.
 
 Executors (submitit):
 - `local`: every job is a separate process on this machine (submitit.LocalExecutor), at most
@@ -59,7 +59,7 @@ from pathlib import Path
 import submitit
 import yaml
 
-from nc import cube, train
+from nc import cube, runs
 from nc import params as params_mod
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +158,7 @@ class TrainPart(submitit.helpers.Checkpointable):
 
         torch.set_num_threads(threads)
         try:
-            return {"part": str(train.run_part(params, lr, Path(parts_dir), progress=True))}
+            return {"part": str(runs.run_part(params, lr, Path(parts_dir), progress=True))}
         except data.DatasetUnavailable as err:
             return {"missing": str(err)}
 
@@ -344,19 +344,19 @@ def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition
     cells = [params_mod.load(f) for f in files]  # a bad file stops here, before anything runs
     seen = {}
     for p in cells:
-        cube_path, _ = train.paths(p, cube_dir)
+        cube_path, _ = runs.paths(p, cube_dir)
         if cube_path in seen:
             raise ValueError(f"{seen[cube_path]}.yaml and {p['name']}.yaml both write {cube_path}")
         seen[cube_path] = p["name"]
 
     current, to_merge, jobs, missing, probed, finished_parts = [], [], [], {}, {}, 0
     for p in cells:
-        cube_path, parts_dir = train.paths(p, cube_dir)
-        if train.is_current(cube_path, p):
+        cube_path, parts_dir = runs.paths(p, cube_dir)
+        if runs.is_current(cube_path, p):
             current.append(cube_path)
             cube.missing_path(cube_dir, p).unlink(missing_ok=True)
             continue
-        todo = [Job(p, lr, parts_dir) for lr in p["lrs"] if not train.part_finished(p, lr, parts_dir)]
+        todo = [Job(p, lr, parts_dir) for lr in p["lrs"] if not runs.part_finished(p, lr, parts_dir)]
         finished_parts += len(p["lrs"]) - len(todo)
         if todo:
             source = (p["dataset"], p["npz_dir"], p["npz_file"], p["data_root"], p["image_size"])
@@ -397,10 +397,10 @@ def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition
             failed.append(f"{job.label}: {outcome.get('error', 'no result')}")
     written = []
     for p in to_merge:
-        cube_path, parts_dir = train.paths(p, cube_dir)
-        if p["name"] in missing or not all(train.part_finished(p, lr, parts_dir) for lr in p["lrs"]):
+        cube_path, parts_dir = runs.paths(p, cube_dir)
+        if p["name"] in missing or not all(runs.part_finished(p, lr, parts_dir) for lr in p["lrs"]):
             continue
-        ds = cube.merge([cube.open_cube(train.part_path(parts_dir, lr)) for lr in p["lrs"]])
+        ds = cube.merge([cube.open_cube(runs.part_path(parts_dir, lr)) for lr in p["lrs"]])
         cube.write(cube.validate(ds), cube_path)
         cube.missing_path(cube_dir, p).unlink(missing_ok=True)
         print(f"cube: {cube_path}", flush=True)

@@ -261,7 +261,7 @@ def test_paper_values_match_the_papers_text_row_by_row():
 def tiny_cubes(tmp_path_factory):
     import torch
 
-    from nc import params, train
+    from nc import params, runs
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("cubes")
@@ -270,7 +270,7 @@ def tiny_cubes(tmp_path_factory):
            "robustness_images": 5, "fig1_samples": 5, "device": "cpu"}
     p = params.validate(run, "tiny")
     p["profile"] = "tiny"
-    train.run(p, out, progress=False)
+    runs.run(p, out, progress=False)
     return out
 
 

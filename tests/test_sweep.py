@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from nc import cube, models, params, sweep, train
+from nc import cube, models, params, runs, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"dataset": "demo", "width": 0.125, "n_per_class": 20, "test_n_per_class": 10, "image_size": 16, "epochs": 5,
@@ -30,14 +30,14 @@ TAMPERED_WALL_TIME = 1e6  # written into the killed job's checkpoint: only a res
 # run_part in a process of its own, sleeping after each checkpoint so that the test can SIGKILL it mid-run
 KILL_SCRIPT = """
 import sys, time, torch
-from nc import params, train
+from nc import params, runs, train
 torch.set_num_threads(1)
 save = train._save_atomic
 def slow_save(obj, path):
     save(obj, path)
     time.sleep(1.0)
 train._save_atomic = slow_save
-train.run_part(params.load(sys.argv[1]), float(sys.argv[2]), sys.argv[3], progress=False)
+runs.run_part(params.load(sys.argv[1]), float(sys.argv[2]), sys.argv[3], progress=False)
 """
 
 # Section 2E-2F: the networks of each dataset, and N per class where the paper subsampled
@@ -93,7 +93,7 @@ def swept(tmp_path_factory):
         mp.setattr(sweep, "STATUS_EVERY_S", 0.5)  # status blocks while the jobs run
         # 1. a job killed with SIGKILL after its first checkpoint
         p = params.load(profile / f"{KILLED_CELL}.yaml")
-        _, parts_dir = train.paths(p, cubes)
+        _, parts_dir = runs.paths(p, cubes)
         ckpt = parts_dir / f"lr-{KILLED_LR:.6g}.ckpt"
         proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(profile / f"{KILLED_CELL}.yaml"),
                                  str(KILLED_LR), str(parts_dir)], cwd=ROOT)
@@ -126,7 +126,7 @@ def swept(tmp_path_factory):
         run["serial"] = {}
         for name in DEMO_CELLS:
             p = params.load(profile / f"{name}.yaml")
-            run["serial"][name] = cube.open_cube(train.run(p, tmp / "serial", progress=False))
+            run["serial"][name] = cube.open_cube(runs.run(p, tmp / "serial", progress=False))
     finally:
         torch.set_num_threads(threads)
     return run
@@ -177,7 +177,7 @@ def test_rerun_trains_nothing(swept):
 def test_killed_job_resumes_from_its_checkpoint(swept):
     assert 1 <= swept["killed_after"] < TINY["epochs"]  # killed mid-run
     p = params.load(swept["profile"] / f"{KILLED_CELL}.yaml")
-    part = cube.open_cube(train.part_path(train.paths(p, swept["cubes"])[1], KILLED_LR))
+    part = cube.open_cube(runs.part_path(runs.paths(p, swept["cubes"])[1], KILLED_LR))
     assert float(part["wall_time"].values[0]) >= TAMPERED_WALL_TIME  # carried on from the checkpoint
     assert part["status"].values[0] == "complete" and int(part["epochs_done"].values[0]) == TINY["epochs"]
     want = swept["serial"][KILLED_CELL].sel(lr=[KILLED_LR])

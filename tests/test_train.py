@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from nc import cube, measure, params, train
+from nc import cube, measure, params, runs, train
 
 TINY = dict(dataset="demo", network="vgg11", width=0.125, n_per_class=20, test_n_per_class=10,
             image_size=16, epochs=6, lrs=[0.05], snapshot_epochs=[1, 3, 6], robustness_images=5,
@@ -45,7 +45,7 @@ def real_run(tmp_path_factory):
     p = make_params(width=0.25, n_per_class=100, test_n_per_class=50, epochs=30, lrs=[0.05],
                     snapshot_epochs=8, robustness_images=10, fig1_samples=5, seed=0)
     p["profile"] = "test"
-    path = train.run(p, tmp_path_factory.mktemp("cubes"), progress=False)
+    path = runs.run(p, tmp_path_factory.mktemp("cubes"), progress=False)
     return p, path
 
 
@@ -91,9 +91,9 @@ def test_cube_validates_reopens_equal_and_has_units(real_run, tmp_path):
     assert ds["nc1"].where(off).isnull().all() and ds["test_acc"].notnull().all()
     again = cube.write(ds, tmp_path / "again.nc")
     xr.testing.assert_identical(cube.open_cube(again), ds)
-    assert train.is_current(path, p)
+    assert runs.is_current(path, p)
     changed = dict(p, weight_decay=1e-3)
-    assert not train.is_current(path, changed)
+    assert not runs.is_current(path, changed)
 
 
 def test_validate_names_every_problem(real_run):
@@ -108,11 +108,11 @@ def test_validate_names_every_problem(real_run):
 
 def test_resumed_run_equals_uninterrupted(tmp_path):
     p = make_params()
-    whole = cube.open_cube(train.run_part(p, 0.05, tmp_path / "whole", progress=False))
+    whole = cube.open_cube(runs.run_part(p, 0.05, tmp_path / "whole", progress=False))
     parts = tmp_path / "interrupted"
-    first = cube.open_cube(train.run_part(p, 0.05, parts, progress=False, stop_after=4))
+    first = cube.open_cube(runs.run_part(p, 0.05, parts, progress=False, stop_after=4))
     assert first["status"].values[0] == "running" and int(first["epochs_done"].values[0]) == 4
-    resumed = cube.open_cube(train.run_part(p, 0.05, parts, progress=False))
+    resumed = cube.open_cube(runs.run_part(p, 0.05, parts, progress=False))
     assert resumed["status"].values[0] == "complete"
     drop = ["wall_time"]
     xr.testing.assert_equal(resumed.drop_vars(drop), whole.drop_vars(drop))
@@ -121,7 +121,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
 def test_diverging_lr_is_recorded_not_a_crash(tmp_path):
     p = make_params(lrs=[0.05, 1e6], epochs=4, snapshot_epochs=[1, 4])
     p["profile"] = "test"
-    ds = cube.validate(cube.open_cube(train.run(p, tmp_path, progress=False)))
+    ds = cube.validate(cube.open_cube(runs.run(p, tmp_path, progress=False)))
     status = dict(zip(ds["lr"].values.tolist(), ds["status"].values.tolist()))
     assert status == {0.05: "complete", 1e6: "diverged"}
     assert ds.attrs["selected_lr"] == 0.05
@@ -145,7 +145,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(real_run, tmp_path, 
 
 def test_merge_is_a_pure_function_of_the_parts(tmp_path):
     p = make_params(lrs=[0.02, 0.05], epochs=3, snapshot_epochs=[1, 3])
-    parts = [cube.open_cube(train.run_part(p, lr, tmp_path, progress=False)) for lr in p["lrs"]]
+    parts = [cube.open_cube(runs.run_part(p, lr, tmp_path, progress=False)) for lr in p["lrs"]]
     a, b = cube.merge(parts), cube.merge(parts[::-1])
     xr.testing.assert_identical(a, b)
     best = float(a["lr"][int(np.argmax(a["test_acc"].isel(epoch=-1).values))])
