@@ -64,14 +64,14 @@ def book(session):
 
 @nox.session
 def bench(session):
-    """Training images/s per network and width, and seconds per snapshot measurement -> bench/."""
+    """Costs as ratios to baselines timed in the same run (nc.bench) -> bench/; `-- --gpu`: the GPU suite."""
     py = _python(session)
     session.run(py, "-m", "nc.bench", *session.posargs, external=True)
 
 
 @nox.session
 def lint(session):
-    """ruff over the package, tests and notebooks' sources."""
+    """ruff over the package, the tests, the noxfile and the notebooks' code (tests/test_lint.py, also part of
+    `nox -s tests`)."""
     py = _python(session)
-    session.run(py, "-m", "pip", "install", "--quiet", "ruff", external=True)
-    session.run(py, "-m", "ruff", "check", "nc", "tests", "noxfile.py", external=True)
+    session.run(py, "-m", "pytest", "-q", "tests/test_lint.py", external=True)

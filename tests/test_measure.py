@@ -120,9 +120,11 @@ def test_orthogonal_classifier_and_biased_mismatch():
 
 
 def numpy_reference(h, y, W, C):
-    """Straight transcription of the paper's definitions with full p x p matrices, float64."""
-    mu_G = h.mean(0)
+    """Straight transcription of the paper's definitions with full p x p matrices, float64.
+
+    mu_G is the mean of the class means (nc.measure's convention; = h.mean(0) on balanced classes)."""
     mu = np.stack([h[y == c].mean(0) for c in range(C)])
+    mu_G = mu.mean(0)
     M = (mu - mu_G).T
     Sw = sum((h[y == c] - mu[c]).T @ (h[y == c] - mu[c]) for c in range(C)) / len(h)
     Sb = M @ M.T / C
@@ -168,7 +170,7 @@ def test_pseudo_inverse_rank_is_exactly_C_minus_1():
     M = simplex_etf(p, C, 1.0, rng)
     h, y = planted_features(M, np.ones(p), rng.standard_normal((p, 3)) * 0.2, 20, rng)
     keep = np.ones(len(y), bool)
-    keep[np.flatnonzero(y == 0)[:3]] = False  # unbalance: M gets a small C-th singular value
+    keep[np.flatnonzero(y == 0)[:3]] = False  # unbalance: M's C-th singular value is rounding-level, not 0
     h, y = h[keep], y[keep]
     got = measure.collapse_metrics(h, y, M.T, np.zeros(C))["nc1"]
     assert got == pytest.approx(numpy_reference(h, y, M.T, C)["nc1"], rel=1e-9)
@@ -219,3 +221,98 @@ def test_missing_class_and_small_p_are_clear_errors():
     with pytest.raises(ValueError, match="C-1"):
         measure.collapse_metrics(np.ones((12, 2)) * np.arange(12)[:, None], np.arange(12) % 6,
                                  np.ones((6, 2)), np.zeros(6))
+
+
+def two_pass(h, y, C):
+    """numpy two-pass reference: class means, Sigma_W (p x p), Var_c, NC1 at rank C-1 with mu_G = Ave_c mu_c."""
+    mu = np.stack([h[y == c].mean(0) for c in range(C)])
+    d = h - mu[y]
+    var = np.array([(d[y == c] ** 2).sum(1).mean() for c in range(C)])
+    M = (mu - mu.mean(0)).T
+    U, S, _ = np.linalg.svd(M, full_matrices=False)
+    nc1 = np.sum((d @ U[:, : C - 1] / S[: C - 1]) ** 2) / len(h)
+    return mu, d.T @ d / len(h), var, nc1
+
+
+def feed(acc, h, y, sizes):
+    i = 0
+    for s in sizes:
+        acc.update(torch.tensor(h[i:i + s]), torch.tensor(y[i:i + s]))
+        i += s
+    assert i == len(y)
+    return acc.finalize()
+
+
+def test_streaming_without_cancellation_at_a_huge_offset():
+    """Offset 1e6, within-class spread 1e-4, float64: a scatter about one global shift (or plain Chan on
+    the raw features) loses 1e-7 or more here; the accumulator must equal the two-pass values to 1e-10,
+    whatever the batch sizes, including batches that lack some classes (the first ones hold class 0-2 only)."""
+    rng = np.random.default_rng(8)
+    C, p, n = 6, 12, 40
+    y = np.repeat(np.arange(C), n)
+    y = np.concatenate([rng.permutation(y[y < 3]), rng.permutation(y[y >= 3])])
+    y[60:] = rng.permutation(y[60:])
+    h = 1e6 + 10 * rng.standard_normal((C, p))[y] + 1e-4 * rng.standard_normal((C * n, p))
+    mu, Sw, var, nc1 = two_pass(h, y, C)
+    for sizes in ([len(y)], [1, 7, 31, 2, 100, 99], [17] * 14 + [2], [1] * len(y)):
+        m = feed(measure.CollapseAccumulator(C, p), h, y, sizes)
+        assert m.within_trace == pytest.approx(np.trace(Sw), rel=1e-10)
+        assert m.nc1 == pytest.approx(nc1, rel=1e-10)
+        np.testing.assert_allclose(m.class_var, var, rtol=1e-10)
+        np.testing.assert_allclose(m.sigma_w, Sw, rtol=1e-8, atol=1e-10 * np.abs(Sw).max())
+        np.testing.assert_allclose(m.class_means, mu, rtol=1e-15)
+    direct = measure.moments(h, y, C)
+    assert direct.within_trace == pytest.approx(np.trace(Sw), rel=1e-10)
+    np.testing.assert_allclose(direct.class_var, var, rtol=1e-10)
+
+
+def test_new_moments_on_planted_etf():
+    """Planted ETF (column norm alpha) with Sigma_W = A A^T in every class: sigma_w = A A^T,
+    Var_c = ||A||_F^2, Tr(Sigma_B) = alpha^2; streamed and all-at-once agree."""
+    rng = np.random.default_rng(9)
+    C, p, n, alpha = 7, 15, 12, 2.5
+    M = simplex_etf(p, C, alpha, rng)
+    A = rng.standard_normal((p, 3)) * 0.3
+    h, y = planted_features(M, rng.standard_normal(p), A, n, rng)
+    for m in (measure.moments(h, y, C), feed(measure.CollapseAccumulator(C, p), h, y, [5, 50, 1, 28])):
+        np.testing.assert_allclose(m.sigma_w, A @ A.T, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(m.class_var, np.full(C, np.sum(A ** 2)), rtol=1e-10)
+        assert m.between_trace == pytest.approx(alpha ** 2, rel=1e-10)
+        assert m.within_trace == pytest.approx(np.sum(A ** 2), rel=1e-10)
+
+
+def test_imbalanced_classes_use_the_mean_of_class_means():
+    """mu_G = Ave_c mu_c, not Ave_i h_i; M 1 = 0 and M has rank C-1 (so does the sample-centred one: M n = 0)."""
+    rng = np.random.default_rng(10)
+    C, p = 4, 9
+    counts = np.array([3, 10, 25, 7])
+    y = rng.permutation(np.repeat(np.arange(C), counts))
+    h = rng.standard_normal((C, p))[y] * 3 + rng.standard_normal((len(y), p))
+    mu = np.stack([h[y == c].mean(0) for c in range(C)])
+    for m in (measure.moments(h, y, C), feed(measure.CollapseAccumulator(C, p), h, y, [4, 30, 11])):
+        np.testing.assert_allclose(m.global_mean, mu.mean(0), rtol=1e-12, atol=1e-14)
+        assert np.abs(m.global_mean.numpy() - h.mean(0)).max() > 1e-2
+        Mc = (m.class_means - m.global_mean).T.numpy()
+        assert np.abs(Mc.sum(1)).max() < 1e-12
+        assert np.linalg.matrix_rank(Mc) == C - 1
+        assert m.between_trace == pytest.approx(np.sum(Mc ** 2) / C, rel=1e-12)
+        np.testing.assert_allclose(m.counts, counts)
+    Ms = (mu - h.mean(0)).T
+    assert np.abs(Ms @ counts).max() < 1e-10 and np.linalg.matrix_rank(Ms) == C - 1
+
+
+def test_imbalanced_collapse_onto_an_etf_is_exact_collapse():
+    """Means exactly on a simplex ETF, classes imbalanced (3:10:25:7:1), no noise: with mu_G = Ave_c mu_c every
+    NC2/NC3 measure is 0; centring at Ave_i h_i instead would report equinorm 0.23 (checked here)."""
+    rng = np.random.default_rng(13)
+    C, p = 5, 8
+    M = simplex_etf(p, C, 2.0, rng)
+    mu_G = rng.standard_normal(p)
+    y = rng.permutation(np.repeat(np.arange(C), [3, 10, 25, 7, 1]))
+    h = mu_G + M[:, y].T
+    out = measure.collapse_metrics(h, y, M.T, -M.T @ mu_G)
+    for key in ("equinorm_means", "equiangular_means", "maxangle_means", "self_duality"):
+        assert abs(out[key]) < 1e-10, key
+    sample_centred = M - (M[:, y].mean(1))[:, None]
+    norms = np.linalg.norm(sample_centred, axis=0)
+    assert norms.std() / norms.mean() == pytest.approx(0.2323, abs=1e-3)

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+import yaml
 
-from nc import plots
+from nc import analysis, fig1, grid, pages, reports
+from nc.data import DATASETS
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_TEXT = Path("/work/shared/paper/000_6551384d1c0f97b8.txt")
@@ -71,12 +73,16 @@ def profile():
     return hand_made_profile()
 
 
+def paper_values():
+    return yaml.safe_load((ROOT / "book" / "paper_values.yaml").read_text())
+
+
 def by_cell(rows, **match):
-    return {(r["dataset"], r["network"]): r for r in rows if all(r[k] == v for k, v in match.items())}
+    return {(r["dataset"], r["family"]): r for r in rows if all(r[k] == v for k, v in match.items())}
 
 
 def test_robustness_improvements_from_the_tpt_snapshot_to_the_last_epoch(profile):
-    rows = by_cell(plots.improvements(profile, "robustness"))
+    rows = by_cell(analysis.improvements(profile, "robustness"))
     assert set(rows) == {("mnist", "vgg"), ("mnist", "resnet"), ("mnist", "densenet"), ("cifar10", "resnet"),
                          ("cifar10", "densenet")}  # the missing cell is not a cell
     assert rows[("mnist", "vgg")]["improvement"] == pytest.approx(0.2)
@@ -86,22 +92,22 @@ def test_robustness_improvements_from_the_tpt_snapshot_to_the_last_epoch(profile
     assert rows[("mnist", "densenet")]["improvement"] is None and rows[("mnist", "densenet")]["tpt_snapshot"] is None
     assert rows[("cifar10", "resnet")]["improvement"] == 0.0  # TPT at the last epoch
     assert rows[("cifar10", "densenet")]["improvement"] == pytest.approx(0.5 - 0.3)  # TPT 3 -> snapshot 4
-    s = plots.improvement_summary([r["improvement"] for r in rows.values()])
+    s = analysis.improvement_summary([r["improvement"] for r in rows.values()])
     assert s["n"] == 4
     assert s["median"] == pytest.approx(np.median([0.2, -0.05, 0.0, 0.2]))
     assert s["mean"] == pytest.approx(np.mean([0.2, -0.05, 0.0, 0.2]))
-    assert np.isnan(plots.improvement_summary([None, np.nan])["median"])
+    assert np.isnan(analysis.improvement_summary([None, np.nan])["median"])
 
 
 def test_table1_uses_the_test_accuracy_at_the_tpt_epoch_exactly(profile):
-    rows = by_cell(plots.accuracy_table(profile))
+    rows = by_cell(analysis.accuracy_table(profile))
     vgg, resnet = rows[("mnist", "vgg")], rows[("mnist", "resnet")]
     assert vgg["at_tpt"] == pytest.approx(ACC_UP[3] * 100) and vgg["at_last"] == pytest.approx(92.0)
     assert vgg["improvement"] == pytest.approx(92.0 - ACC_UP[3] * 100)
     assert resnet["at_tpt"] == pytest.approx(80.0) and resnet["improvement"] == pytest.approx(-1.0)
     assert rows[("mnist", "densenet")]["at_tpt"] is None and rows[("mnist", "densenet")]["improvement"] is None
     assert rows[("mnist", "densenet")]["at_last"] == pytest.approx(92.0)
-    md = plots.table1_markdown(profile, plots.paper_values())
+    md = reports.table1_markdown(profile, paper_values())
     lines = md.splitlines()
     assert len(lines) == 2 + 21
     svhn_vgg = next(line for line in lines if line.startswith("| SVHN | VGG11"))
@@ -112,15 +118,15 @@ def test_table1_uses_the_test_accuracy_at_the_tpt_epoch_exactly(profile):
 
 
 def test_claim_verdicts(profile):
-    rows = plots.claims(profile)
-    assert {r["figure"] for r in rows} == set(plots.CLAIMS)
-    assert len(rows) == len(plots.CLAIMS) * 5
+    rows = analysis.claims(profile)
+    assert {r["figure"] for r in rows} == set(analysis.CLAIMS)
+    assert len(rows) == len(analysis.CLAIMS) * 5
     for r in rows:
         assert r["held"] in (True, False, None)
-    held = {f: {k: r["held"] for k, r in by_cell(rows, figure=f).items()} for f in plots.CLAIMS}
+    held = {f: {k: r["held"] for k, r in by_cell(rows, figure=f).items()} for f in analysis.CLAIMS}
     # never reached the TPT, or reached it at the last epoch: not checkable, for every figure
-    assert all(held[f][("mnist", "densenet")] is None for f in plots.CLAIMS)
-    assert all(held[f][("cifar10", "resnet")] is None for f in plots.CLAIMS)
+    assert all(held[f][("mnist", "densenet")] is None for f in analysis.CLAIMS)
+    assert all(held[f][("cifar10", "resnet")] is None for f in analysis.CLAIMS)
     assert held["fig8"][("mnist", "vgg")] is True and held["fig8"][("mnist", "resnet")] is False
     assert held["table1"][("mnist", "vgg")] is True and held["table1"][("mnist", "resnet")] is False
     # Fig. 2-4 need both means and classifiers lower: the VGG cell's classifiers rise after the TPT
@@ -134,9 +140,10 @@ def test_claim_verdicts(profile):
     r = by_cell(rows, figure="fig8")[("mnist", "vgg")]
     assert r["numbers"]["robustness_at_tpt"] == pytest.approx(0.1)
     assert r["numbers"]["robustness_last"] == pytest.approx(0.3) and "0.1→0.3" in r["text"]
-    md = plots.claims_markdown(rows)
-    assert "| Fig. 8 — robustness |" in md and md.count("\n") == len(plots.CLAIMS) + 1
-    assert re.search(r"\| Fig\. 6 — NC1 \| [^\n]* \| 2 \| 1 \| 2 \|", md)  # held, not, not checkable
+    md = reports.claims_markdown(rows)
+    assert f"| {pages.TITLES['fig8']} |" in md and md.count("\n") == len(analysis.CLAIMS) + 1
+    fig6 = re.escape(f"| {pages.TITLES['fig6']} |") + r" [^\n]* \| 2 \| 1 \| 2 \|"  # held, not, not checkable
+    assert re.search(fig6, md)
     assert all(line.count("|") - line.count("\\|") == 6 for line in md.splitlines())  # a | in a rule is escaped
 
 
@@ -144,13 +151,13 @@ def test_claims_grid_colours_each_cell_by_its_verdict(profile):
     import matplotlib.colors as mc
     import matplotlib.pyplot as plt
 
-    fig = plots.claims_grid(plots.claims(profile), "fig8")
+    fig = grid.claims_grid(analysis.claims(profile), "fig8", pages.TITLES["fig8"], profile, full=True)
     colour = {(round(p.get_x()), round(p.get_y())): mc.to_hex(p.get_facecolor()) for p in fig.axes[0].patches}
     assert len(colour) == 21
-    mnist, cifar10 = plots.COLUMNS.index("mnist"), plots.COLUMNS.index("cifar10")
-    assert colour[(mnist, 0)] == plots.GREEN_HELD and colour[(mnist, 1)] == plots.RED_NOT
-    assert colour[(mnist, 2)] == plots.GREY_NA and colour[(cifar10, 1)] == plots.GREY_NA
-    assert colour[(cifar10, 0)] == plots.EMPTY and colour[(plots.COLUMNS.index("svhn"), 0)] == plots.EMPTY
+    mnist, cifar10 = DATASETS.index("mnist"), DATASETS.index("cifar10")
+    assert colour[(mnist, 0)] == grid.GREEN_HELD and colour[(mnist, 1)] == grid.RED_NOT
+    assert colour[(mnist, 2)] == grid.GREY_NA and colour[(cifar10, 1)] == grid.GREY_NA
+    assert colour[(cifar10, 0)] == grid.EMPTY and colour[(DATASETS.index("svhn"), 0)] == grid.EMPTY
     plt.close(fig)
 
 
@@ -167,7 +174,7 @@ def planted(num_classes=10, p=16, n=5, noise=0.0, seed=0):
 
 
 def test_fig1_projection_puts_a_collapsed_configuration_on_the_simplex_vertices():
-    g = plots.fig1_project(*planted())
+    g = fig1.fig1_project(*planted())
     v = g["vertices"]
     assert np.allclose(np.linalg.norm(v, axis=1), 1)
     cos = v @ v.T
@@ -176,14 +183,14 @@ def test_fig1_projection_puts_a_collapsed_configuration_on_the_simplex_vertices(
     assert np.allclose(g["classifiers"], v, atol=1e-9)
     assert np.allclose(g["features"], v[:, None, :], atol=1e-9)
     # C = 3: the planar 120-degree triangle
-    v3 = plots.simplex_vertices(3)
+    v3 = fig1.simplex_vertices(3)
     assert np.allclose(v3 @ v3.T, [[1, -.5, -.5], [-.5, 1, -.5], [-.5, -.5, 1]])
 
 
 def test_fig1_projection_is_a_rotation_and_rescaling_of_the_data():
     means, mu_g, w, feats, c = planted(noise=0.3)
     means = means + np.random.default_rng(1).normal(size=means.shape) * 0.5  # not collapsed
-    g = plots.fig1_project(means, mu_g, w, feats, c)
+    g = fig1.fig1_project(means, mu_g, w, feats, c)
     assert np.linalg.norm(g["means"], axis=1).mean() == pytest.approx(1)
     assert np.linalg.norm(g["classifiers"], axis=1).mean() == pytest.approx(1)
     assert not np.allclose(g["means"], g["vertices"], atol=1e-2)
@@ -196,16 +203,16 @@ def test_fig1_projection_is_a_rotation_and_rescaling_of_the_data():
     # and the picture does not depend on how the feature space is rotated
     rng = np.random.default_rng(2)
     q = np.linalg.qr(rng.normal(size=(16, 16)))[0]
-    g2 = plots.fig1_project(means @ q, mu_g @ q, w @ q, feats @ q, c)
+    g2 = fig1.fig1_project(means @ q, mu_g @ q, w @ q, feats @ q, c)
     for k in ("means", "classifiers", "features", "vertices"):
         assert np.allclose(g[k], g2[k], atol=1e-9)
 
 
 def test_fig1_epochs_follow_the_papers_fractions():
-    assert plots.fig1_epochs([1, 2, 3, 5, 8, 16, 30, 65, 100, 200, 350], 350) == [2, 16, 65, 350]
+    assert fig1.fig1_epochs([1, 2, 3, 5, 8, 16, 30, 65, 100, 200, 350], 350) == [2, 16, 65, 350]
     # 25 epochs: targets 0.14, 1.14, 4.6, 25 -> the nearest snapshots, each later than the one before
-    assert plots.fig1_epochs([1, 2, 3, 4, 6, 10, 16, 25], 25) == [1, 2, 4, 25]
-    assert plots.fig1_epochs([1, 5], 5) == [1, 5]
+    assert fig1.fig1_epochs([1, 2, 3, 4, 6, 10, 16, 25], 25) == [1, 2, 4, 25]
+    assert fig1.fig1_epochs([1, 5], 5) == [1, 5]
 
 
 def test_fig1_cube_is_the_vgg_run_of_the_first_dataset_present(tmp_path):
@@ -214,16 +221,16 @@ def test_fig1_cube_is_the_vgg_run_of_the_first_dataset_present(tmp_path):
 
     for d, n in [("cifar10", "vgg13"), ("svhn", "densenet40"), ("svhn", "vgg11")]:
         make(d, n)
-    assert plots.fig1_cube(tmp_path).name == "svhn-vgg11.nc"
+    assert fig1.fig1_cube(tmp_path).name == "svhn-vgg11.nc"
     make("demo", "resnet18")  # the demo is the MNIST column; it has no VGG run
-    assert plots.fig1_cube(tmp_path).name == "demo-resnet18.nc"
-    assert plots.fig1_cube(tmp_path, "cifar10-vgg13").name == "cifar10-vgg13.nc"
+    assert fig1.fig1_cube(tmp_path).name == "demo-resnet18.nc"
+    assert fig1.fig1_cube(tmp_path, "cifar10-vgg13").name == "cifar10-vgg13.nc"
     with pytest.raises(FileNotFoundError):
-        plots.fig1_cube(tmp_path, "stl10-vgg13")
+        fig1.fig1_cube(tmp_path, "stl10-vgg13")
 
 
 def test_paper_values_are_the_papers_table_1():
-    paper = plots.paper_values()
+    paper = paper_values()
     assert "PNAS" in paper["source"] and "Table 1" in paper["source"]
     acc = paper["table1"]["accuracy"]
     assert acc["mnist"]["vgg"] == [99.40, 99.56]
@@ -231,12 +238,12 @@ def test_paper_values_are_the_papers_table_1():
     assert acc["stl10"]["densenet"] == [67.79, 70.81]
     assert acc["imagenet"]["resnet"] == [65.41, 64.45]
     assert (paper["fig8"]["median_improvement"], paper["fig8"]["mean_improvement"]) == (0.0252, 0.2452)
-    rows = plots.paper_table1(paper)
+    rows = analysis.paper_table1(paper)
     assert len(rows) == 21
     # The paper's summary (median 0.3495%, mean 0.4984%) recomputed from the table's own 21 rows: 0.35 and
     # 0.4990. They agree to the table's rounding (two values to 0.01 each: a difference is off by < 0.01), as
     # expected when the paper summarised unrounded accuracies.
-    s = plots.improvement_summary([r["improvement"] for r in rows])
+    s = analysis.improvement_summary([r["improvement"] for r in rows])
     assert s["n"] == 21
     assert s["median"] == pytest.approx(0.35) and s["mean"] == pytest.approx(10.48 / 21)
     assert abs(s["median"] - paper["table1"]["median_improvement"]) < 0.01
@@ -248,7 +255,7 @@ def test_paper_values_match_the_papers_text_row_by_row():
     text = PAPER_TEXT.read_text()
     table = text[text.index("**Table 1."):text.index("The median improvement of test accuracy")]
     published = [tuple(map(float, m)) for m in re.findall(r"(?:VGG|ResNet|DenseNet)\s+([\d.]+)\s+([\d.]+)", table)]
-    ours = [(r["at_zero_error"], r["at_last"]) for r in plots.paper_table1(plots.paper_values())]
+    ours = [(r["at_zero_error"], r["at_last"]) for r in analysis.paper_table1(paper_values())]
     assert published == ours
     assert "0.3495%; the mean improvement is 0.4984%" in text
     assert "is 0.0252; the mean improvement is 0.2452" in text
@@ -291,6 +298,28 @@ def execute(name, cubes, tmp_path):
     return images, text
 
 
+@pytest.mark.parametrize("name", ["fig2", "fig3", "fig4", "fig5", "fig6", "fig7"])
+def test_grid_page_summary_is_the_cubes_values(name, tiny_cubes, tmp_path):
+    """Each grid page's table gives, per measure, the cube's value at the first snapshot, at the first snapshot at
+    or after tpt_epoch, and at the last epoch: recomputed here from the cube with xarray alone."""
+    import xarray as xr
+
+    from nc import cube
+
+    images, text = execute(name, tiny_cubes, tmp_path)
+    assert len(images) == 1
+    ds = cube.open_cube(tiny_cubes / "demo-vgg11.nc").sel(lr=0.05)
+    tpt = float(ds["tpt_epoch"])
+    for variable, _, _ in pages.GRID_PAGES[name][0]:
+        s = ds[variable].dropna("epoch")
+        first, last = float(s[0]), float(s[-1])
+        at = s.where(s["epoch"] >= tpt, drop=True) if np.isfinite(tpt) else xr.DataArray([])
+        tpt_text = f"{float(at[0]):.3g} ({tpt:.0f})" if at.size else "never reached"
+        row = (f"| MNIST (demo) | vgg11 | {variable.replace('_', ' ')} | {first:.3g} | {tpt_text} | "
+               f"{last:.3g} ({int(s['epoch'][-1])}) |")
+        assert row in text, (row, text[:2000])
+
+
 @pytest.mark.parametrize("name", ["fig8", "table1", "claims"])
 def test_notebook_runs_on_a_real_cube(name, tiny_cubes, tmp_path):
     images, text = execute(name, tiny_cubes, tmp_path)
@@ -299,7 +328,7 @@ def test_notebook_runs_on_a_real_cube(name, tiny_cubes, tmp_path):
     if name == "table1":
         assert "| paper | 0.3495% | 0.4984% | 21 |" in text and "| MNIST | VGG11 / vgg11, demo data | 99.40" in text
     if name == "claims":
-        assert len(images) == len(plots.CLAIMS)
+        assert len(images) == len(analysis.CLAIMS)
 
 
 def test_fig1_notebook_embeds_plotly_and_a_static_image(tiny_cubes, tmp_path):

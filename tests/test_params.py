@@ -66,3 +66,28 @@ def test_select_cells_by_name_pattern_or_dataset(tmp_path):
     assert stems(["*-vgg*", "mnist-resnet18"]) == ["cifar10-vgg13", "cifar100-vgg13", "mnist-resnet18", "mnist-vgg11"]
     with pytest.raises(ValueError, match="'svhn' matches no parameter file"):
         params.select(files, ["mnist", "svhn"])
+
+
+@pytest.mark.parametrize("text,key,wants", [
+    ("lrs: [0.0]\n", "lrs", "positive"),
+    ("lrs: [-0.1]\n", "lrs", "positive"),
+    ("epochs: 0\n", "epochs", "positive integer"),
+    ("snapshot_epochs: [1, 5, 11]\n", "snapshot_epochs", "after 'epochs' = 10: [11]"),
+    ("standardize: image\n", "standardize", "channel"),
+    ("precision: fp16\n", "precision", "bf16"),
+])
+def test_bad_input_is_one_error_naming_the_file_key_and_value(tmp_path, text, key, wants):
+    base = {k: v for k, v in (line.split(": ", 1) for line in GOOD.strip().splitlines())}
+    override = dict(line.split(": ", 1) for line in text.strip().splitlines())
+    path = write(tmp_path, "".join(f"{k}: {v}\n" for k, v in (base | override).items()))
+    with pytest.raises(params.ParameterError) as err:
+        params.load(path)
+    message = str(err.value)
+    assert str(path) in message and repr(key) in message and wants in message
+
+
+@pytest.mark.parametrize("text,kind", [("- just\n- a list\n", "list"), ("a plain string\n", "str")])
+def test_a_yaml_file_that_is_not_a_mapping_is_named(tmp_path, text, kind):
+    path = write(tmp_path, text)
+    with pytest.raises(params.ParameterError, match=rf"{path}: expected a mapping of key: value, got a {kind}"):
+        params.load(path)

@@ -1,6 +1,8 @@
 """nc.sweep runs (parameter file, lr) jobs as separate processes and merges cubes equal to serial runs; it skips
-finished parts, resumes a SIGKILLed job from its checkpoint and reports missing datasets. The paper and quick
-parameter files carry the paper's settings (Section 2E-2G) and the scaled grid."""
+finished parts, resumes a SIGKILLed job from its checkpoint, records every submitted job beside its part and
+reports missing datasets; a stopped driver (SIGTERM, Ctrl-C) exits only after its jobs are gone, and a SIGKILLed
+one takes them with it. The paper and quick parameter files carry the paper's settings (Section 2E-2G) and the
+scaled grid. Nothing here waits on the wall clock for a race: waits poll a state with a generous deadline."""
 import contextlib
 import io
 import json
@@ -27,18 +29,22 @@ DEMO_CELLS = ("demo-vgg11", "demo-vgg13")
 KILLED_CELL, KILLED_LR = "demo-vgg11", 0.05
 TAMPERED_WALL_TIME = 1e6  # written into the killed job's checkpoint: only a resumed run carries it on
 
-# run_part in a process of its own, sleeping after each checkpoint so that the test can SIGKILL it mid-run
+# run_part in a process of its own that stops (sleeps for good) after its first checkpoint, so that the test
+# SIGKILLs it mid-run whatever the machine's speed (nc.train's atomic save is save_atomic, formerly _save_atomic)
 KILL_SCRIPT = """
 import sys, time, torch
 from nc import params, runs, train
 torch.set_num_threads(1)
-save = train._save_atomic
-def slow_save(obj, path):
+name = "save_atomic" if hasattr(train, "save_atomic") else "_save_atomic"
+save = getattr(train, name)
+def save_then_stop(obj, path):
     save(obj, path)
-    time.sleep(1.0)
-train._save_atomic = slow_save
+    while True:
+        time.sleep(60)
+setattr(train, name, save_then_stop)
 runs.run_part(params.load(sys.argv[1]), float(sys.argv[2]), sys.argv[3], progress=False)
 """
+DEADLINE_S = 900  # generous: a busy 2-core machine; only a failing test waits this long
 
 # Section 2E-2F: the networks of each dataset, and N per class where the paper subsampled
 PAPER_NETWORKS = {
@@ -90,16 +96,17 @@ def swept(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NC_NPZ_DIR", str(empty))
         mp.setenv("NC_DATA_ROOT", str(empty))
-        mp.setattr(sweep, "STATUS_EVERY_S", 0.5)  # status blocks while the jobs run
+        mp.setattr(sweep, "STATUS_EVERY_S", 0)  # a status block in every round of the wait loop with jobs running
         # 1. a job killed with SIGKILL after its first checkpoint
         p = params.load(profile / f"{KILLED_CELL}.yaml")
         _, parts_dir = runs.paths(p, cubes)
         ckpt = parts_dir / f"lr-{KILLED_LR:.6g}.ckpt"
         proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(profile / f"{KILLED_CELL}.yaml"),
                                  str(KILLED_LR), str(parts_dir)], cwd=ROOT)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + DEADLINE_S
         while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.05)
+        assert proc.poll() is None, "the job exited before it was killed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert ckpt.is_file(), "the job wrote no checkpoint before it was killed"
@@ -145,6 +152,23 @@ def test_jobs_run_as_processes_and_merge_into_the_serial_cubes(swept):
         _assert_same_cube(got, swept["serial"][name])
 
 
+def test_every_submitted_job_is_recorded_beside_its_part(swept):
+    """<parts>/lr-<lr>.job.json: the local job (its controller's pid, which names its logs), the parameter hash,
+    the submitit folder; the last sweep found every part finished, so the records are the first sweep's."""
+    for name in DEMO_CELLS:
+        p = params.load(swept["profile"] / f"{name}.yaml")
+        parts_dir = runs.paths(p, swept["cubes"])[1]
+        for lr in TINY["lrs"]:
+            record = json.loads((parts_dir / f"lr-{lr:.6g}.job.json").read_text())
+            job = sweep.Job(p, lr, parts_dir)
+            assert sweep.read_record(job) == record and sweep.record_path(job) == parts_dir / f"lr-{lr:.6g}.job.json"
+            assert record["executor"] == "local" and record["cell"] == name and record["lr"] == lr
+            assert record["parameter_hash"] == params.digest(p)
+            assert Path(record["folder"]) == (swept["cubes"] / "logs").resolve()
+            assert (swept["cubes"] / "logs" / f"{record['job_id']}_0_result.pkl").is_file()
+    assert not list(swept["cubes"].rglob("*.job.json.tmp*"))
+
+
 def test_driver_prints_the_running_jobs_progress(swept):
     assert re.search(r"\] \d+/4 job\(s\) done, [12] running, \d+ waiting", swept["out"])
     bars = [line for line in swept["out"].splitlines() if line.startswith("    demo-")]
@@ -175,7 +199,7 @@ def test_rerun_trains_nothing(swept):
 
 
 def test_killed_job_resumes_from_its_checkpoint(swept):
-    assert 1 <= swept["killed_after"] < TINY["epochs"]  # killed mid-run
+    assert swept["killed_after"] == 1  # killed after its first epoch
     p = params.load(swept["profile"] / f"{KILLED_CELL}.yaml")
     part = cube.open_cube(runs.part_path(runs.paths(p, swept["cubes"])[1], KILLED_LR))
     assert float(part["wall_time"].values[0]) >= TAMPERED_WALL_TIME  # carried on from the checkpoint
@@ -314,7 +338,7 @@ def test_every_cell_has_a_feature_space_of_rank_c_minus_1(profile):
 
 
 def _processes_mentioning(text: str) -> list[int]:
-    """PIDs whose command line contains `text` (Linux /proc)."""
+    """PIDs whose command line contains `text` (Linux /proc; a zombie's command line is empty)."""
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
@@ -323,33 +347,71 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="needs Linux /proc")
-def test_sigterm_to_the_driver_stops_its_jobs(tmp_path):
-    """submitit's jobs ignore SIGTERM; the driver must cancel them when it is killed, not leave them orphaned."""
+@pytest.fixture
+def long_sweep(tmp_path):
+    """A driver (its own session, as a shell starts one) running one job of 100,000 epochs, once the job is in
+    its training loop (its progress bar is in its log); killed, with every job process, at the end whatever
+    happened."""
     profile, cubes = tmp_path / "long", tmp_path / "cubes"
     profile.mkdir()
     (profile / "_defaults.yaml").write_text(yaml.safe_dump(TINY | {"epochs": 100_000, "lrs": [0.05],
                                                                    "snapshot_epochs": [1]}))
     (profile / "demo-vgg11.yaml").write_text("network: vgg11\n")
     (profile / "_executor.yaml").write_text(yaml.safe_dump({"local": {"parallel": 1, "threads": 1}}))
-    driver = subprocess.Popen([sys.executable, "-m", "nc.sweep", str(profile), "--cube-dir", str(cubes)], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as out:
+        driver = subprocess.Popen([sys.executable, "-m", "nc.sweep", str(profile), "--cube-dir", str(cubes)],
+                                  cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    logs = str(cubes / "logs")
+    record = cubes / "parts" / "demo-vgg11" / "lr-0.05.job.json"
+
+    def training():
+        job_log = cubes / "logs" / f"{json.loads(record.read_text())['job_id']}_0_log.err" if record.is_file() else None
+        return job_log is not None and sweep.last_progress(job_log) is not None
+
     try:
-        ckpt = cubes / "parts" / "demo-vgg11" / "lr-0.05.ckpt"
-        deadline = time.monotonic() + 120
-        while not ckpt.is_file() and time.monotonic() < deadline:
+        deadline = time.monotonic() + DEADLINE_S
+        while not training() and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert ckpt.is_file(), "the job never started training"
-        jobs = _processes_mentioning(str(cubes / "logs"))
-        assert jobs, "no job process found"
-        driver.send_signal(signal.SIGTERM)
-        assert driver.wait(timeout=60) != 0
-        deadline = time.monotonic() + 30
-        while _processes_mentioning(str(cubes / "logs")) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _processes_mentioning(str(cubes / "logs")) == [], "job processes outlived the killed driver"
+        assert training(), f"the job never started training:\n{log.read_text()}"
+        assert _processes_mentioning(logs), "no job process found"
+        yield {"driver": driver, "logs": logs, "log": log, "cubes": cubes}
     finally:
         driver.kill()
-        for pid in _processes_mentioning(str(cubes / "logs")):
+        driver.wait()
+        for pid in _processes_mentioning(logs):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="needs Linux /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_a_stopped_driver_exits_only_after_its_jobs_are_gone(long_sweep, how):
+    """submitit's jobs ignore SIGTERM; the driver cancels them, waits, SIGKILLs what is left and only then exits,
+    so no job process is alive the moment its exit is seen (no sleep, no polling after wait())."""
+    driver = long_sweep["driver"]
+    if how == "SIGTERM":
+        driver.send_signal(signal.SIGTERM)
+    else:  # a terminal's Ctrl-C: SIGINT to the driver's whole process group
+        os.killpg(driver.pid, signal.SIGINT)
+    status = driver.wait(timeout=2 * sweep.STOP_WAIT_S + DEADLINE_S)
+    left = _processes_mentioning(long_sweep["logs"])
+    out = long_sweep["log"].read_text()
+    assert left == [], f"job processes outlived the stopped driver:\n{out}"
+    assert status != 0
+    assert "stopping 1 job(s) before exiting" in out and "1 job(s) stopped" in out, out
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="needs Linux /proc")
+def test_a_sigkilled_drivers_local_jobs_die_with_it(long_sweep):
+    """No cleanup can run in a SIGKILLed driver: its jobs' controllers have PR_SET_PDEATHSIG, so they go too (the
+    kernel signals them as the driver dies: this is the one wait that polls). The job was recorded at submit time."""
+    record = json.loads((long_sweep["cubes"] / "parts" / "demo-vgg11" / "lr-0.05.job.json").read_text())
+    assert record["executor"] == "local"
+    assert int(record["job_id"]) in _processes_mentioning(long_sweep["logs"])  # the job's controller, running
+    long_sweep["driver"].send_signal(signal.SIGKILL)
+    assert long_sweep["driver"].wait() == -signal.SIGKILL
+    deadline = time.monotonic() + DEADLINE_S
+    while _processes_mentioning(long_sweep["logs"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_mentioning(long_sweep["logs"]) == [], "job processes outlived the SIGKILLed driver"

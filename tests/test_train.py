@@ -1,4 +1,5 @@
-"""The recipe, a real short training run on real MNIST, resume, divergence, and the cube schema."""
+"""The recipe (schedule, milestones, snapshot grid, eval-mode TPT), a real short training run on real MNIST, resume,
+divergence, faults (corrupt checkpoint, full disk), and the cube schema with its format version."""
 import math
 
 import numpy as np
@@ -16,21 +17,67 @@ def make_params(**over):
     return params.validate({**TINY, **over}, "test")
 
 
-def test_lr_schedule_divides_at_a_third_and_two_thirds():
+def multistep_reference(base_lr, epochs, milestones, gamma):
+    """torch's own MultiStepLR, stepped after each epoch as the authors' notebook does: the lr of epochs 1..E."""
+    import torch
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=gamma)
+    out = []
+    for _ in range(epochs):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return np.array(out)
+
+
+def test_lr_schedule_is_the_notebooks_multisteplr():
     lrs = train.lr_schedule(0.1, 350, [1 / 3, 2 / 3], 0.1)
-    assert lrs[116] == 0.1 and lrs[117] == pytest.approx(0.01) and lrs[233] == pytest.approx(0.001)
-    assert lrs[232] == pytest.approx(0.01) and len(lrs) == 350
+    assert train.lr_milestones(350, [1 / 3, 2 / 3]) == [350 // 3, 2 * 350 // 3] == [116, 233]
+    assert lrs[115] == 0.1 and lrs[116] == pytest.approx(0.01)  # epoch 117 is the first at lr / 10
+    assert lrs[232] == pytest.approx(0.01) and lrs[233] == pytest.approx(0.001) and len(lrs) == 350  # 234: / 100
+    np.testing.assert_allclose(lrs, multistep_reference(0.1, 350, [116, 233], 0.1), rtol=1e-12)
+    for epochs in (60, 90, 100, 300, 301):  # 1/3 read as a fraction: never floor(0.333... * 300) = 99
+        assert train.lr_milestones(epochs, [1 / 3, 2 / 3]) == [epochs // 3, 2 * epochs // 3]
     imagenet = train.lr_schedule(0.1, 300, [1 / 2, 3 / 4], 0.1)
-    assert imagenet[149] == 0.1 and imagenet[150] == pytest.approx(0.01) and imagenet[225] == pytest.approx(0.001)
+    np.testing.assert_allclose(imagenet, multistep_reference(0.1, 300, [150, 225], 0.1), rtol=1e-12)
 
 
-def test_snapshot_schedule_log_spaced_with_ends():
+AUTHORS_EPOCHS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 19, 20, 22, 24, 27, 29, 32, 35, 38, 42, 45,
+                  50, 54, 59, 65, 71, 77, 85, 92, 101, 110, 121, 132, 144, 158, 172, 188, 206, 225, 245, 268, 293,
+                  320, 350]
+
+
+@pytest.mark.parametrize("epochs,n", [(350, 50), (300, 50), (100, 20), (60, 20), (90, 20), (5, 5), (10, 3), (7, 1)])
+def test_snapshot_schedule_gives_exactly_the_number_asked_for(epochs, n):
+    s = train.snapshot_schedule(epochs, n)
+    assert len(s) == n and s == sorted(set(s)) and s[-1] == epochs and (n == 1 or s[0] == 1)
+    if n > 10:
+        ratios = np.diff(np.log(s[n // 2:]))
+        assert ratios.std() < 0.5 * ratios.mean()  # evenly spaced in log epoch once past the dense start
+
+
+def test_snapshot_schedule_is_close_to_the_authors_list():
     s = train.snapshot_schedule(350, 50)
-    assert s[0] == 1 and s[-1] == 350 and s == sorted(set(s))
-    assert 40 <= len(s) <= 50
-    ratios = np.diff(np.log(s[10:]))
-    assert ratios.std() < 0.5 * ratios.mean()  # roughly evenly spaced in log epoch
+    assert sum(a != b for a, b in zip(s, AUTHORS_EPOCHS)) == 2  # 157 / 158 and 205 / 206
+    assert train.snapshot_schedule(350, AUTHORS_EPOCHS) == AUTHORS_EPOCHS
     assert train.snapshot_schedule(10, [2, 5]) == [2, 5, 10]
+
+
+def test_paper_profile_uses_the_authors_snapshot_epochs_and_fig1_epochs_are_snapshots():
+    from nc import fig1
+
+    for f in params.profile_files(ROOT / "parameters" / "paper"):
+        p = params.load(f)
+        s = train.snapshot_schedule(p["epochs"], p["snapshot_epochs"])
+        if p["epochs"] == 350:
+            assert s == AUTHORS_EPOCHS, f
+        assert set(fig1.fig1_epochs(s, p["epochs"])) <= set(s)
+        if p["epochs"] == 350:
+            assert fig1.fig1_epochs(s, 350) == [2, 16, 65, 350]
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 
 def test_tpt_start_is_first_epoch_at_threshold():
@@ -53,7 +100,9 @@ def test_real_run_reaches_zero_error_and_collapses(real_run):
     p, path = real_run
     ds = cube.open_cube(path)
     assert ds["status"].values[0] == "complete"
-    assert ds["train_acc"].values[0, -1] == 1.0
+    assert ds["train_acc"].values[0, -1] == 1.0 and ds["eval_train_acc"].values[0, -1] == 1.0
+    # the eval-mode train accuracy is measured at every epoch (dense), not only at snapshots
+    assert np.isfinite(ds["eval_train_acc"].values).all() and np.isfinite(ds["test_acc"].values).all()
     nc1 = ds["nc1"].sel(lr=0.05).dropna("epoch")
     assert nc1.epoch.values[0] == 1 and nc1.epoch.values[-1] == 30
     assert nc1.values[-1] * 5 <= nc1.values[0], nc1.values
@@ -62,15 +111,19 @@ def test_real_run_reaches_zero_error_and_collapses(real_run):
         series = ds[key].sel(lr=0.05).dropna("epoch").values
         assert series[-1] < series[0], key
     tpt = float(ds["tpt_epoch"].values[0])
-    assert 1 <= tpt <= 30 and ds["train_acc"].values[0, int(tpt) - 1] >= 0.999
+    # the TPT is the first epoch whose EVAL-MODE train accuracy reaches the threshold
+    eval_acc = ds["eval_train_acc"].values[0]
+    assert 1 <= tpt <= 30 and eval_acc[int(tpt) - 1] >= 0.999 and (eval_acc[: int(tpt) - 1] < 0.999).all()
+    assert tpt == train.tpt_start(eval_acc, 0.999)
     assert np.isfinite(ds["robustness"].sel(lr=0.05).dropna("epoch")).all()
 
 
 def test_cube_geometry_reproduces_the_stored_metrics(real_run):
     _, path = real_run
     ds = cube.open_cube(path)
-    for s, epoch in enumerate(ds["snapshot_epoch"].values):
-        g = ds.isel(snapshot=s)
+    assert list(ds["geometry_epoch"].values) == list(ds["snapshot_epoch"].values)  # small: every snapshot kept
+    for s, epoch in enumerate(ds["geometry_epoch"].values):
+        g = ds.isel(geometry=s)
         stored = ds.sel(lr=0.05, epoch=epoch)
         again = measure.geometry_metrics(g["class_means"].values, g["global_mean"].values,
                                          g["classifier_weight"].values)
@@ -150,3 +203,132 @@ def test_merge_is_a_pure_function_of_the_parts(tmp_path):
     xr.testing.assert_identical(a, b)
     best = float(a["lr"][int(np.argmax(a["test_acc"].isel(epoch=-1).values))])
     assert a.attrs["selected_lr"] == best == a.attrs["geometry_lr"]
+
+
+# ----------------------------------------------------------------------------- faults and cache keys
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "foreign"])
+def test_corrupt_checkpoint_restarts_that_lr_with_one_warning(tmp_path, damage):
+    """A truncated, corrupt or foreign checkpoint: the lr restarts from scratch with one clear warning, and the
+    result equals an uninterrupted run (never a traceback, never a silently wrong result)."""
+    import warnings
+
+    import torch
+
+    p = make_params()
+    whole = cube.open_cube(runs.run_part(p, 0.05, tmp_path / "whole", progress=False))
+    parts = tmp_path / "damaged"
+    runs.run_part(p, 0.05, parts, progress=False, stop_after=3)
+    ckpt = runs.checkpoint_path(parts, 0.05, p["seed"])
+    if damage == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    elif damage == "garbage":
+        ckpt.write_bytes(b"not a checkpoint")
+    else:  # a readable checkpoint of another shape (e.g. written by an older version of the record)
+        state = torch.load(ckpt, weights_only=False)
+        state["record"]["epoch"]["train_loss"] = np.zeros(2)
+        torch.save(state, ckpt)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = cube.open_cube(runs.run_part(p, 0.05, parts, progress=False))
+    mine = [w for w in caught if "checkpoint cannot be resumed" in str(w.message)]
+    assert len(mine) == 1 and str(ckpt) in str(mine[0].message) and "restarts from scratch" in str(mine[0].message)
+    xr.testing.assert_equal(resumed.drop_vars("wall_time"), whole.drop_vars("wall_time"))
+
+
+def test_full_disk_while_checkpointing_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    target = tmp_path / "lr-0.05.ckpt"
+    train.save_atomic({"epoch": 1}, target)
+    before = target.read_bytes()
+
+    def full(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match="No space"):
+        train.save_atomic({"epoch": 2}, target)
+    assert target.read_bytes() == before and [f.name for f in tmp_path.iterdir()] == [target.name]
+
+
+def test_finished_checkpoints_are_deleted_once_merged_unless_kept(tmp_path):
+    p = make_params(lrs=[0.02, 0.05], epochs=2, snapshot_epochs=[2], robustness_images=0)
+    p["profile"] = "test"
+    path = runs.run(p, tmp_path / "a", progress=False)
+    _, parts_dir = runs.paths(p, tmp_path / "a")
+    assert path.is_file() and sorted(f.suffix for f in parts_dir.iterdir()) == [".nc", ".nc"]
+    runs.run(p, tmp_path / "b", progress=False, keep_checkpoints=True)
+    _, kept = runs.paths(p, tmp_path / "b")
+    assert sorted(f.suffix for f in kept.iterdir()) == [".ckpt", ".ckpt", ".key", ".key", ".nc", ".nc"]
+
+
+def test_an_older_format_is_stale_and_rebuilt_never_half_read(real_run, tmp_path):
+    from nc import profile as profile_mod
+
+    p, path = real_run
+    old = cube.open_cube(path)
+    old.attrs["format_version"] = cube.FORMAT_VERSION - 1
+    folder = tmp_path / "demo"
+    cube.write(old, folder / path.name)
+    assert not runs.is_current(folder / path.name, p)  # the same parameters, but an older format: re-trained
+    reason = cube.stale_reason(old)
+    assert f"format version {cube.FORMAT_VERSION - 1}" in reason
+    prof = profile_mod.open_profile(folder)
+    assert profile_mod.cells(prof) == []  # left out of the figures, not half-read
+    stale = profile_mod.stale_cubes(prof)
+    assert len(stale) == 1 and stale[0]["file"] == str(folder / path.name)
+    assert stale[0]["command"] == "nox -s reproduce -- demo" and "format version" in stale[0]["reason"]
+    with pytest.raises(cube.CubeError, match="format version"):
+        cube.validate(old)
+
+
+def test_corrupt_cube_error_names_the_file_and_the_command(tmp_path):
+    bad = tmp_path / "quick" / "mnist-vgg11.nc"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n truncated")
+    with pytest.raises(cube.CubeError) as err:
+        cube.open_cube(bad)
+    assert str(bad) in str(err.value) and "nox -s reproduce -- quick" in str(err.value)
+    from nc import profile as profile_mod
+
+    stale = profile_mod.stale_cubes(profile_mod.open_profile(bad.parent))
+    assert stale[0]["file"] == str(bad) and "cannot be read" in stale[0]["reason"]
+
+
+def test_a_new_parameter_at_its_default_keeps_old_cubes_current():
+    """The digest leaves out keys equal to their defaults, so adding a key whose default reproduces the old
+    behaviour (as standardize and precision were added) changes no finished cube's hash."""
+    p = make_params()
+    assert params.digest(p) == params.digest({k: v for k, v in p.items() if k not in ("standardize", "precision")}
+                                             | {"standardize": "channel", "precision": "float32"})
+    assert params.digest(p) != params.digest(dict(p, standardize="pixel"))
+    assert params.digest(p) != params.digest(dict(p, precision="bf16"))
+
+
+def test_a_network_too_narrow_for_rank_c_minus_1_is_an_error_naming_the_file_and_keys(tmp_path):
+    f = tmp_path / "cifar100-vgg11.yaml"
+    f.write_text("dataset: cifar100\nnetwork: resnet18\nwidth: 0.0625\nepochs: 1\nlrs: [0.1]\n")
+    p = params.load(f)
+    with pytest.raises(params.ParameterError) as err:
+        runs.check_feature_dim(p, num_classes=100, in_channels=3, image_size=32)
+    message = str(err.value)
+    assert str(f) in message and "'width'" in message and "p = 32" in message and "C - 1 = 99" in message
+    assert runs.check_feature_dim(dict(p, width=0.25), 100, 3, 32) == 128
+
+
+def test_an_imagenet_cell_keeps_its_geometry_under_a_gigabyte():
+    """C = 1000, p = 4096 (VGG19), the 50 snapshots of 300 epochs: the kept geometry fits the budget in float32, and
+    it keeps the first and last snapshot and Fig. 1's epochs; a small cell keeps every snapshot."""
+    from nc import fig1
+
+    snaps = train.snapshot_schedule(300, 50)
+    for p in (2048, 4096):
+        kept = train.geometry_epochs(snaps, 300, 1000, p, 60)
+        per = 4 * (2 * 1000 * p + p + 1000 + 1000 * 1000 + 60 * p)
+        assert len(kept) * per <= train.GEOMETRY_BUDGET_BYTES < 2**30
+        assert set(kept) <= set(snaps) and {snaps[0], snaps[-1], *fig1.fig1_epochs(snaps, 300)} <= set(kept)
+        assert len(kept) < len(snaps)
+    assert train.geometry_epochs(snaps, 300, 10, 512, 60) == snaps

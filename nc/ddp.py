@@ -1,0 +1,310 @@
+"""Several GPUs per run: DistributedDataParallel, one process per GPU; one process (the default) changes nothing.
+
+Launch. `torchrun --nproc_per_node=8 -m nc.ddp parameters/paper/imagenet-resnet152.yaml [--lr 0.1] [--cube-dir D]`
+trains that file's lrs (all of them without --lr) into its parts and, when all are finished, its cube; or the Slurm
+executor of nc.sweep with `gpus_per_job: 8`: one job, 8 tasks on one node, submitit starting the same TrainPart in
+each (SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; the master is the job's first host, the port drawn from the job
+id as submitit's TorchDistributedEnvironment does). `setup()` reads either launcher's variables; with a world size
+above 1 it joins the process group (nccl on CUDA, gloo on CPU; a 60 min timeout: rank 0 alone runs DeepFool while
+the others wait) on cuda:LOCAL_RANK. Without them (or world size 1) it is a no-op and so is every helper here.
+
+What is sharded. Training: params["batch_size"] is the GLOBAL batch B; each of the W ranks takes b = B / W rows
+(ValueError unless W divides B). The epoch order (torch.randperm of the run seed and epoch) is the same on every
+rank; rank r takes the slice [r b, (r+1) b) of each consecutive global batch, and the W near-equal contiguous
+pieces (torch.tensor_split) of a last, partial global batch of m rows, whose loss is scaled by n_r W / m so that
+DDP's gradient average is the gradient of the mean over those m rows: the union of the ranks' batches is the
+single-process batch and so is the gradient, up to float rounding. A last global batch that cannot give every
+rank 2 images (m < 2W; with one process: m = 1) is skipped. Per-GPU BatchNorm (no SyncBatchNorm), as in the
+paper's 8-GPU runs; after each epoch's steps every rank takes rank 0's buffers, so that all ranks evaluate rank
+0's model. The learning rate is not rescaled. Evaluation (eval_train_acc, test_acc, the snapshot's passes, the
+depth pass): rank r reads the r-th of W contiguous blocks of a split's rows; counts are all-reduced and the
+float64 accumulators (nc.measure.ClassStats, nc.followups.TestAccumulator, nc.depth.ClassMeansTrace) are
+all-gathered and Chan-merged in rank order on every rank, so every rank finalizes the same numbers.
+
+On rank 0 only: DeepFool (Fig. 8) and Fig. 1's features (broadcast to the other ranks, so every rank's record is
+the same), the progress bar, the checkpoint (the bare model's state_dict: no "module." prefix, the same file
+whatever the world size; every rank resumes from it, and all ranks or none do), the part file and the cube.
+
+Measurement stays float64. Merging reorders float64 sums, so a DDP snapshot equals a single-process one to about
+1e-12 relative, not bitwise; and the gradient of a global batch summed over ranks rounds differently from the one
+computed whole, so a DDP run follows the single-process trajectory up to float rounding that training may amplify
+(bitwise only with a network without BatchNorm at W = 1). A resumed DDP run equals an uninterrupted one with the
+same world size: bitwise at W = 2 (a sum of two numbers does not depend on the order); above 2 the all-reduce's
+order may change with DDP's bucket layout, which it rebuilds after the first step of each launch.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import functools
+import os
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+TIMEOUT_MIN = 60  # collectives wait this long: rank 0 alone runs DeepFool and writes the checkpoint meanwhile
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process stands: its rank of `world_size`, its rank on the node, the device of its collectives."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+_CURRENT = [Context()]  # this process's context: world size 1 until setup()
+
+
+def current() -> Context:
+    return _CURRENT[0]
+
+
+def is_main() -> bool:
+    return current().is_main
+
+
+def launch_env() -> dict | None:
+    """{rank, world_size, local_rank, master_addr, master_port} from torchrun's variables (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or from Slurm tasks' (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; the
+    job's first host; MASTER_PORT if set, else a port in [20000, 60000] drawn from the job id, as submitit does);
+    None for a single process."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        out = {"rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"]),
+               "local_rank": int(env.get("LOCAL_RANK", 0)), "master_addr": env.get("MASTER_ADDR", "127.0.0.1"),
+               "master_port": int(env.get("MASTER_PORT", 29500))}
+    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
+        from submitit.slurm.slurm import SlurmJobEnvironment
+
+        port = env.get("MASTER_PORT") or random.Random(env.get("SLURM_JOB_ID", "")).randint(20000, 60000)
+        out = {"rank": int(env["SLURM_PROCID"]), "world_size": int(env["SLURM_NTASKS"]),
+               "local_rank": int(env.get("SLURM_LOCALID", 0)), "master_addr": SlurmJobEnvironment().hostnames[0],
+               "master_port": int(port)}
+    else:
+        return None
+    return out if out["world_size"] > 1 else None
+
+
+def setup(device: str = "auto", timeout_min: float = TIMEOUT_MIN) -> Context:
+    """Join the launcher's process group (see launch_env) and pick this rank's device (cuda:LOCAL_RANK, or the one
+    GPU a task sees when Slurm binds one per task); a no-op for a single process. `device` is the parameter files'
+    key: auto (CUDA if present), cpu (gloo), cuda[:N] (nccl; N is ignored, each rank takes its own GPU)."""
+    env = launch_env()
+    if env is None or current().distributed:
+        return current()
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    dev = torch.device("cpu")
+    if cuda:
+        n = torch.cuda.device_count()
+        if n <= env["local_rank"] and n != 1:
+            raise RuntimeError(f"local rank {env['local_rank']} but this task sees {n} GPU(s)")
+        dev = torch.device("cuda", env["local_rank"] if n > 1 else 0)
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://{env['master_addr']}:{env['master_port']}",
+                            rank=env["rank"], world_size=env["world_size"],
+                            timeout=datetime.timedelta(minutes=timeout_min))
+    _CURRENT[0] = Context(env["rank"], env["world_size"], env["local_rank"], dev)
+    return current()
+
+
+def teardown() -> None:
+    """Leave the process group (if any); this process is a single one again."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _CURRENT[0] = Context()
+
+
+def barrier() -> None:
+    if current().distributed:
+        dist.barrier()
+
+
+def sum_ints(values) -> list:
+    """Each value (int or 0-d integer tensor) summed over the ranks, as ints; one process: `values` as they are."""
+    ctx = current()
+    if not ctx.distributed:
+        return list(values)
+    t = torch.tensor([int(v) for v in values], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def sum_tensors_(*tensors: torch.Tensor) -> None:
+    """Each tensor summed over the ranks, in place (on the collectives' device); one process: nothing."""
+    if current().distributed:
+        for t in tensors:
+            dist.all_reduce(t)
+
+
+def every_rank(flag: bool) -> bool:
+    """True on every rank iff `flag` is true on every rank."""
+    return sum_ints([not flag])[0] == 0 if current().distributed else bool(flag)
+
+
+def broadcast_array(value) -> np.ndarray:
+    """Rank 0's float64 array (the same shape on every rank) on every rank."""
+    ctx = current()
+    if not ctx.distributed:
+        return value
+    t = torch.as_tensor(np.asarray(value, dtype=np.float64)).to(ctx.device)
+    dist.broadcast(t, src=0)
+    return t.cpu().numpy()
+
+
+def broadcast_float(value: float) -> float:
+    return float(broadcast_array(np.array(value))) if current().distributed else value
+
+
+def _gather(t: torch.Tensor) -> list[torch.Tensor]:
+    ctx = current()
+    t = t.contiguous().to(ctx.device)
+    out = [torch.empty_like(t) for _ in range(ctx.world_size)]
+    dist.all_gather(out, t)
+    return out
+
+
+def merge_accumulator(acc):
+    """Every rank's streaming accumulator merged in rank order (acc.merge, Chan's exact pairwise update), on every
+    rank; returns `acc`, now holding the merged state. `acc.STATE` names its tensors (dotted paths into parts,
+    e.g. "stats.counts"; a None one is skipped). One process: `acc` as it is."""
+    ctx = current()
+    if not ctx.distributed:
+        return acc
+    paths = [p for p in acc.STATE if _get(acc, p) is not None]
+    homes = {p: _get(acc, p).device for p in paths}
+    gathered = {p: _gather(_get(acc, p)) for p in paths}
+    parts = [_replaced(acc, {p: gathered[p][r] for p in paths}) for r in range(ctx.world_size)]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged.merge(part)
+    for p in paths:
+        _set(acc, p, _get(merged, p).to(homes[p]))
+    return acc
+
+
+def _get(obj, path: str):
+    return functools.reduce(getattr, path.split("."), obj)
+
+
+def _set(obj, path: str, value) -> None:
+    head, _, name = path.rpartition(".")
+    setattr(_get(obj, head) if head else obj, name, value)
+
+
+def _replaced(obj, values: dict):
+    """A shallow copy of obj with the dotted attributes of `values` replaced (parts on the way copied too)."""
+    out, inner = copy.copy(obj), {}
+    for path, value in values.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            inner.setdefault(head, {})[rest] = value
+        else:
+            setattr(out, head, value)
+    for head, sub in inner.items():
+        setattr(out, head, _replaced(getattr(obj, head), sub))
+    return out
+
+
+def shard(n: int) -> torch.Tensor | None:
+    """This rank's rows of an n-row split for an eval pass: the rank-th of W contiguous near-equal blocks
+    (sequential reads of a memory-mapped store); None (the stored order) for one process."""
+    ctx = current()
+    return torch.arange(n).tensor_split(ctx.world_size)[ctx.rank] if ctx.distributed else None
+
+
+def local_batch(batch_size: int) -> int:
+    """This rank's rows of a global batch: batch_size / W (ValueError unless W divides it)."""
+    w = current().world_size
+    if batch_size % w:
+        raise ValueError(f"batch_size {batch_size} (the global batch) is not divisible by the world size {w}")
+    return batch_size // w
+
+
+def tail_skipped(n: int, batch_size: int) -> int:
+    """Rows of an epoch's last global batch that are skipped: all m of them when m = n mod batch_size cannot give
+    every rank 2 images (per-rank BatchNorm needs two), i.e. 0 < m < 2W; one process: a last batch of one image."""
+    m = n % batch_size
+    return m if 0 < m < 2 * current().world_size else 0
+
+
+def shard_epoch(order: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, list[int]]:
+    """(this rank's rows in order, the global size of each step) for an epoch's `order` (tail already removed):
+    of each full global batch the slice [r b, (r+1) b), of a partial last one the r-th of W near-equal pieces."""
+    ctx, n = current(), len(order)
+    full = n - n % batch_size
+    steps = [batch_size] * (full // batch_size) + ([n - full] if n > full else [])
+    if not ctx.distributed:
+        return order, steps
+    b = local_batch(batch_size)
+    mine = order[:full].view(-1, ctx.world_size, b)[:, ctx.rank].reshape(-1)
+    return torch.cat([mine, order[full:].tensor_split(ctx.world_size)[ctx.rank]]), steps
+
+
+def wrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module that takes the training steps: DistributedDataParallel over `model` (per-GPU BatchNorm), or
+    `model` itself for one process. Evaluate, measure and checkpoint the bare `model`."""
+    ctx = current()
+    if not ctx.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank, as DDP's next forward would broadcast them."""
+    ctx = current()
+    if not ctx.distributed:
+        return
+    for buf in model.buffers():
+        t = buf.data.to(ctx.device)
+        dist.broadcast(t, src=0)
+        buf.data.copy_(t)
+
+
+def main(argv=None) -> None:
+    """Entry point for torchrun: the lrs of one parameter file, then its cube (rank 0)."""
+    from pathlib import Path
+
+    from nc import params as params_mod
+    from nc import runs
+
+    ap = argparse.ArgumentParser(prog="torchrun --nproc_per_node=N -m nc.ddp", description=main.__doc__)
+    ap.add_argument("parameter_file")
+    ap.add_argument("--lr", type=float, action="append", help="an lr of the file (repeatable; default: all)")
+    ap.add_argument("--cube-dir", default=None, help="default: cubes/<profile> in the repository")
+    args = ap.parse_args(argv)
+    p = params_mod.load(args.parameter_file)
+    root = Path(__file__).resolve().parent.parent
+    cube_dir = Path(args.cube_dir) if args.cube_dir else root / "cubes" / p["profile"]
+    setup(p["device"])
+    try:
+        cube_path, parts_dir = runs.paths(p, cube_dir)
+        for lr in args.lr or p["lrs"]:
+            for seed in params_mod.run_seeds(p):
+                runs.run_part(p, lr, parts_dir, progress=True, seed=seed)
+        jobs = [(lr, seed) for lr in p["lrs"] for seed in params_mod.run_seeds(p)]
+        if is_main() and all(runs.part_finished(p, lr, parts_dir, seed) for lr, seed in jobs):
+            print(f"cube: {runs.merge_and_write(p, cube_path, parts_dir)}", flush=True)
+        barrier()
+    finally:
+        teardown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Part II's own runs, tiny and real: the recipe parameters (loss, classifier, weight decay, class imbalance) are
+validated and do what they say, and the follow-up pages execute on their cubes with claims computed from them."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from nc import after, cube, data, models, params, runs
+
+TINY = {"dataset": "demo", "network": "vgg11", "width": 0.125, "n_per_class": 20, "test_n_per_class": 10,
+        "image_size": 16, "epochs": 6, "lrs": [0.05], "snapshot_epochs": [1, 3, 6], "robustness_images": 0,
+        "fig1_samples": 4, "device": "cpu", "seed": 0}
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {"demo-vgg11-ce": {}, "demo-vgg11-mse": {"loss": "mse"}, "demo-vgg11-fixed-etf": {"classifier": "fixed_etf"},
+            "demo-vgg11-wd0": {"weight_decay": 0.0}, "demo-vgg11-imbalance10": {"imbalance_ratio": 10},
+            "demo-vgg11-imbalance100": {"imbalance_ratio": 100}}
+
+
+@pytest.fixture(scope="module")
+def followups(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("followups")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, over in VARIANTS.items():
+            p = params.validate(TINY | over, name)
+            p.update(name=name, profile="followups")
+            runs.run(p, folder, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return folder
+
+
+@pytest.mark.parametrize("key,value,allowed", [
+    ("loss", "mae", "cross_entropy"), ("classifier", "frozen", "fixed_etf"), ("imbalance_ratio", 0.5, "R >= 1"),
+    ("class_counts", [3, 0], "positive")])
+def test_recipe_parameters_are_validated_with_the_allowed_values(key, value, allowed):
+    with pytest.raises(params.ParameterError) as err:
+        params.validate(TINY | {key: value}, "f.yaml")
+    assert "f.yaml" in str(err.value) and repr(key) in str(err.value) and allowed in str(err.value)
+    with pytest.raises(params.ParameterError, match="'class_counts' and 'imbalance_ratio'"):
+        params.validate(TINY | {"class_counts": [5] * 10, "imbalance_ratio": 2}, "f.yaml")
+
+
+def test_imbalanced_subsets_have_exactly_the_requested_counts():
+    d = data.load("demo", n_per_class=300, test_n_per_class=100, imbalance_ratio=10, seed=0)
+    assert torch.bincount(d.train.y).tolist() == [300] * 5 + [30] * 5
+    assert torch.bincount(d.test.y).tolist() == [100] * 10  # the test set stays balanced
+    counts = [7, 1, 2, 3, 4, 5, 6, 8, 9, 10]
+    assert torch.bincount(data.load("demo", class_counts=counts).train.y).tolist() == counts
+    with pytest.raises(data.DataError, match="key 'class_counts'.*class 0 has 400 rows"):
+        data.load("demo", class_counts=[401] + [1] * 9)
+
+
+def test_a_fixed_etf_classifier_is_bitwise_unchanged_by_training(followups):
+    ds = cube.open_cube(followups / "demo-vgg11-fixed-etf.nc")
+    W = ds["classifier_weight"].values  # every snapshot, float64 copies of the float32 weights
+    p = params.validate(TINY | {"classifier": "fixed_etf"}, "etf")
+    with torch.device("cpu"):
+        torch.manual_seed(0)
+        fresh = models.build("vgg11", 10, 1, 16, 0.125, classifier="fixed_etf", etf_seed=p["seed"])
+    w0 = fresh.classifier.weight.detach().double().numpy()
+    assert all(np.array_equal(W[s], w0) for s in range(W.shape[0]))
+    assert np.array_equal(ds["classifier_bias"].values, np.zeros_like(ds["classifier_bias"].values))
+    G = w0 @ w0.T
+    np.testing.assert_allclose(G, 10 / 9 * (np.eye(10) - 1 / 10), atol=1e-6)  # a simplex ETF (float32 weights)
+    learned = cube.open_cube(followups / "demo-vgg11-ce.nc")["classifier_weight"].values
+    assert not np.array_equal(learned[0], learned[-1])
+
+
+def test_the_mse_run_records_its_central_path_terms_and_the_others_do_not(followups):
+    mse = cube.open_cube(followups / "demo-vgg11-mse.nc").isel(lr=0)
+    terms = {k: mse[k].dropna("epoch").values for k in ("mse_nc1_term", "mse_nc23_term", "mse_perp_term")}
+    assert all(v.size == 3 and (v >= 0).all() for v in terms.values())
+    assert mse["train_loss"].attrs["units"] == "1"
+    ce = cube.open_cube(followups / "demo-vgg11-ce.nc")
+    assert np.isnan(ce["mse_nc1_term"].values).all() and ce["train_loss"].attrs["units"] == "nat"
+
+
+def test_followup_claims_read_the_runs_and_say_what_is_missing(followups, tmp_path):
+    got = after.followup_runs(followups)
+    assert set(got) == set(VARIANTS)
+    rows = {r["claim"]: r for r in after.followup_claims(got)}
+    assert set(rows) == {c for page in ("mse", "fixed_etf", "weight_decay", "imbalance")
+                         for c, *_ in after.CLAIMS[page]}
+    assert all(r["held"] in (True, False) for r in rows.values())  # every run is there: every claim checkable
+    by_r = after.minority_by_ratio(got)
+    assert sorted(by_r) == [1.0, 10.0, 100.0]
+    for r, ds in after.runs_by_ratio(got):
+        assert float(ds["minority_collapse"].dropna("epoch")[-1]) == by_r[r]
+    assert rows["minority_collapse"]["held"] == (by_r[1.0] < by_r[10.0] < by_r[100.0])
+    empty = after.followup_claims({})
+    assert all(r["held"] is None and r["text"] == "not trained" for r in empty)
+
+
+@pytest.mark.parametrize("name", ["mse", "fixed_etf", "weight_decay", "imbalance"])
+def test_followup_pages_execute_on_the_runs(name, followups, tmp_path):
+    import base64
+
+    import jupytext
+    import papermill
+
+    out = tmp_path / f"{name}.ipynb"
+    papermill.execute_notebook(jupytext.read(ROOT / "book" / "figures" / f"{name}.md"), str(out), cwd=str(ROOT),
+                               parameters={"profile": "x", "cube_dir": str(tmp_path), "followups_dir": str(followups)},
+                               kernel_name="python3", progress_bar=False)
+    outputs = [o for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    images = [base64.b64decode(o["data"]["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
+    text = "\n".join("".join(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    assert images and "*Rule:*" in text and "not checkable" not in text.split("*Here:*")[1][:40]
+    empty = tmp_path / "none.ipynb"
+    papermill.execute_notebook(jupytext.read(ROOT / "book" / "figures" / f"{name}.md"), str(empty), cwd=str(ROOT),
+                               parameters={"profile": "x", "cube_dir": str(tmp_path),
+                                           "followups_dir": str(tmp_path / "nothing")}, kernel_name="python3",
+                               progress_bar=False)
+    assert after.FILL_COMMAND in empty.read_text()
+
+
+def test_depth_is_in_every_cube_with_layer_names_and_widths(followups):
+    ds = cube.open_cube(followups / "demo-vgg11-ce.nc")
+    assert ds["depth_nc1"].dims == ("lr", "depth_stage", "layer")
+    assert list(ds["depth_stage"].values) == ["first", "tpt", "last"]
+    assert ds["layer_name"].values.tolist()[-2:] == ["fc6", "fc7"] and (ds["layer_width"].values > 0).all()
+    assert ds["depth_epoch"].values[0, 0] == 1 and ds["depth_epoch"].values[0, 2] == 6
+    finite = np.isfinite(ds["depth_trace_ratio"].values[0, [0, 2]])
+    assert finite.all()
+    xr.testing.assert_equal(ds["layer_width"], cube.open_cube(followups / "demo-vgg11-mse.nc")["layer_width"])

@@ -1,0 +1,49 @@
+"""The plan before the spend: read-only, from the parameter files alone; FLOPs agree with torchvision's published
+operation counts; the ImageNet cells are 8-GPU jobs at 224 px streaming from a prepared store."""
+from pathlib import Path
+
+import pytest
+
+from nc import data, plan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def paper_plan():
+    return plan.plan(ROOT / "parameters" / "paper", world_sizes={"imagenet": 8}, gpu="H100")
+
+
+def test_the_plan_touches_no_data(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("the plan read data")
+
+    monkeypatch.setattr(data, "load", refuse)
+    result = plan.plan(ROOT / "parameters" / "paper", only=["mnist-vgg11", "imagenet-resnet152"])
+    assert [r["name"] for r in result["rows"]] == ["imagenet-resnet152", "mnist-vgg11"]
+
+
+def test_the_paper_plan_covers_every_job_with_positive_costs(paper_plan):
+    rows = {r["name"]: r for r in paper_plan["rows"]}
+    assert len(rows) == 21 and sum(r["lrs"] for r in rows.values()) == 18 * 25 + 3 * 10
+    assert all(r["hours"] > 0 and r["memory_gb"] > 0 and r["images"] > 0 for r in rows.values())
+    assert abs(paper_plan["gpu_hours"] - sum(r["gpu_hours"] * r["lrs"] for r in rows.values())) < 1e-6
+    r = rows["imagenet-resnet152"]
+    assert r["gpus"] == 8 and r["image_size"] == 224 and r["classes"] == 1000
+    assert r["train_images"] == 300 * 600 * 1000  # 300 epochs of the 600-per-class subset
+    assert paper_plan["disk"]["store"] == (600 * 1000 + 50000) * 3 * 224 * 224  # one store for the three cells
+    assert "estimated" in r["source"] and "H100" in r["source"]
+    assert "GPU-hours" in plan.markdown(paper_plan)
+
+
+@pytest.mark.parametrize("network,weights", [("resnet152", "ResNet152_Weights"), ("densenet201", "DenseNet201_Weights"),
+                                             ("vgg19", "VGG19_BN_Weights")])
+def test_flops_agree_with_torchvisions_published_operation_counts(network, weights):
+    import torchvision.models as tvm
+
+    p = {"dataset": "imagenet", "network": network, "stem": "imagenet", "width": 1.0, "growth_rate": None,
+         "feature_dim": None, "image_size": 224, "n_per_class": 600, "test_n_per_class": None, "npz_file": None,
+         "memory_efficient": False}
+    cost = plan.network_cost(p)
+    published = getattr(tvm, weights).IMAGENET1K_V1.meta["_ops"]  # GFLOPS as torchvision counts them: multiply-adds
+    assert cost["flops"] / 2 / 1e9 == pytest.approx(published, rel=0.01)
