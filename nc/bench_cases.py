@@ -146,23 +146,13 @@ def relative_error(value: float, reference: float) -> float:
 # ----------------------------------------------------------------------------------------- training and passes
 
 def epoch_ours(model, opt, split, batch_size, autocast, order, loss="cross_entropy", limit=None) -> tuple[float, int]:
-    """(seconds, images trained) of one epoch of nc.train.train_one_lr's loop, in `order` (first `limit` steps)."""
-    device = split.device
+    """(seconds, images trained) of one epoch of nc.train.train_epoch (the training loop itself), in `order` (its
+    first `limit` steps)."""
     n = len(order) - (len(order) % batch_size == 1)  # as nc.train: a last batch of one image is skipped
     if limit is not None:
         n = min(n, limit * batch_size)
-    model.train()
-
-    def epoch():
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        for x, y in split.batches(batch_size, order[:n]):
-            value, logits = train.sgd_step(model, opt, x, y, autocast, loss)
-            loss_sum += value.double() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-        return loss_sum.item(), correct.item()
-
-    seconds, _ = timed(epoch, device)
+    seconds, _ = timed(lambda: train.train_epoch(model, model, opt, split, order, batch_size, autocast, loss,
+                                                 max_steps=limit), split.device)
     return seconds, n
 
 

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from nc import pages
+from nc import cli, data, pages
 from nc import params as params_mod
+from nc.executors import usable_cores
+from nc.progress import fmt
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -67,7 +70,11 @@ def _finish(path: Path, title: str | None) -> None:
 
 
 def _ipc_kernel_manager():
-    """A kernel manager on local IPC sockets: no TCP ports, and no unencrypted-TCP warning per notebook."""
+    """A kernel manager on local IPC sockets: no TCP ports, and no unencrypted-TCP warning per notebook. Each kernel
+    gets sockets of its own name, so that kernels started at the same time (execute_all) never share one."""
+    import tempfile
+    import uuid
+
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
 
@@ -75,6 +82,10 @@ def _ipc_kernel_manager():
         @default("transport")
         def _default_transport(self):
             return "ipc"
+
+        @default("ip")
+        def _default_ip(self):
+            return os.path.join(tempfile.gettempdir(), f"nc-kernel-{uuid.uuid4().hex[:12]}")
 
     return IPCKernelManager
 
@@ -92,42 +103,74 @@ def execute(source: Path, out: Path, parameters: dict, log: bool = False, title:
     return out
 
 
-def _fmt(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def execute_all(jobs: list[dict], parallel: int, report=None) -> None:
+    """Execute notebooks `jobs` ({source, out, parameters, title, log}) `parallel` at a time (kernels are separate
+    processes); report(job, seconds, done) after each. The first failure is raised once the others have ended."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    def one(job):
+        t0 = time.perf_counter()
+        execute(job["source"], job["out"], job["parameters"], log=job.get("log", False), title=job.get("title"))
+        return job, time.perf_counter() - t0
+
+    errors = []
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        futures = [pool.submit(one, job) for job in jobs]
+        for done, future in enumerate(as_completed(futures), 1):
+            try:
+                job, seconds = future.result()
+            except Exception as err:
+                errors.append(err)
+                continue
+            if report:
+                report(job, seconds, done)
+    if errors:
+        raise errors[0]
 
 
 def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False, only=None,
-              runs_folder: str = "runs") -> list[dict]:
+              runs_folder: str = "runs", parallel: int | None = None, keep_checkpoints: bool = False) -> list[dict]:
     """Execute book/train.md for every parameter file in `parameters` (cubes into `cubes`, executed pages
-    into `out`/runs), or for those `only` selects (params.select); prints progress with an ETA."""
+    into `out`/<runs_folder>), or for those `only` selects (params.select), `parallel` at a time (default: the
+    usable cores), each kernel with cores // parallel torch threads; prints progress with an ETA."""
     from nc import runs
 
     files = params_mod.profile_files(parameters)
     if not files:
         raise SystemExit(f"{parameters} has no parameter files")
     files = params_mod.select(files, only)
-    pages, spent, trained = [], 0.0, 0
+    pages, jobs = [], []
     for i, f in enumerate(files, 1):
         p = params_mod.load(f)  # a bad file stops here, with its name and key
         cube_path, _ = runs.paths(p, cubes)
         page = out / runs_folder / f"{p['name']}.ipynb"
         cube_current = runs.is_current(cube_path, p) and not force
         current = cube_current and page.is_file()
-        remaining = len(files) - i + 1
-        eta = f", about {_fmt(spent / trained * remaining)} left" if trained else ""
-        cube_only = cube_current and not current
         print(f"[{i}/{len(files)}] {p['name']}: " + (
             "cube is current, not re-trained" if current else
-            "cube is current; executing its run page" if cube_only else f"training and measuring{eta}"), flush=True)
+            "cube is current; executing its run page" if cube_current else "training and measuring"), flush=True)
         if not current:
-            t0 = time.perf_counter()
-            execute(BOOK / "train.md", page, {"param_file": _rel(f), "cube_dir": _rel(cubes)}, log=True,
-                    title=f"Run: {p['dataset']} × {p['network']}")
-            if not cube_only:  # the ETA counts training runs only
-                spent += time.perf_counter() - t0
-                trained += 1
+            jobs.append({"source": BOOK / "train.md", "out": page, "log": True, "name": p["name"],
+                         "title": f"Run: {p['dataset']} × {p['network']}", "trains": not cube_current,
+                         "parameters": {"param_file": _rel(f), "cube_dir": _rel(cubes),
+                                        "keep_checkpoints": keep_checkpoints}})
         pages.append({"name": p["name"], "page": page})
+    parallel = max(1, min(parallel or usable_cores(), len(jobs) or 1))
+    for job in jobs:
+        job["parameters"]["threads"] = max(1, usable_cores() // parallel)
+    t0 = time.perf_counter()
+
+    def report(job, seconds, done):
+        left = len(jobs) - done
+        eta = f"; at the pace so far about {fmt((time.perf_counter() - t0) / done * left)} left" if left else ""
+        print(f"  {job['name']}: {'trained and measured' if job['trains'] else 'page executed'} in "
+              f"{fmt(seconds)} ({done}/{len(jobs)}){eta}", flush=True)
+
+    if jobs:
+        print(f"{len(jobs)} run page(s), {parallel} at a time", flush=True)
+        execute_all(jobs, parallel, report)
     return pages
 
 
@@ -138,26 +181,23 @@ def _rel(path: Path) -> str:
 
 
 def figures(profile: str, cubes: Path, out: Path, parameters: Path | None = None,
-            followups: Path | None = None) -> list[Path]:
-    """Execute the intro, every figure notebook and the theory notebook against the profile's cubes
-    (the intro also lists the cells of `parameters`, default parameters/<profile>, that have no cube)."""
-    done = []
+            followups: Path | None = None, parallel: int | None = None) -> list[Path]:
+    """Execute the intro, every page of nc.pages and the theory notebook against the profile's cubes, `parallel`
+    at a time (default: the usable cores); the intro also lists the cells of `parameters` (default
+    parameters/<profile>) that have no cube, and the follow-up pages read `followups` (default cubes/followups)."""
     args = {"profile": profile, "cube_dir": _rel(cubes)}
-    print("executing intro", flush=True)
-    execute(BOOK / "intro.md", out / "intro.ipynb",
-            args | {"parameters_dir": _rel(parameters or ROOT / "parameters" / profile)})
     after = args | {"followups_dir": _rel(followups or cube_dir(FOLLOWUPS))}
-    for page in pages.PAGES:
-        src = BOOK / "figures" / f"{page.name}.md"
-        print(f"executing figures/{page.name}", flush=True)
-        done.append(execute(src, out / "figures" / f"{page.name}.ipynb", after if page.part == pages.AFTER else args,
-                            title=page.title))
-    for name in EXTRA:
-        src = BOOK / f"{name}.md"
-        if src.is_file():
-            print(f"executing {name}", flush=True)
-            done.append(execute(src, out / f"{name}.ipynb", {}))
-    return done
+    jobs = [{"source": BOOK / "intro.md", "out": out / "intro.ipynb", "name": "intro",
+             "parameters": args | {"parameters_dir": _rel(parameters or ROOT / "parameters" / profile)}}]
+    jobs += [{"source": BOOK / "figures" / f"{page.name}.md", "out": out / "figures" / f"{page.name}.ipynb",
+              "name": f"figures/{page.name}", "title": page.title,
+              "parameters": after if page.part == pages.AFTER else args} for page in pages.PAGES]
+    jobs += [{"source": BOOK / f"{name}.md", "out": out / f"{name}.ipynb", "name": name, "parameters": {}}
+             for name in EXTRA if (BOOK / f"{name}.md").is_file()]
+    print(f"executing {len(jobs)} pages, {parallel or usable_cores()} at a time", flush=True)
+    execute_all(jobs, parallel or usable_cores(), lambda job, s, done: print(f"  {job['name']} ({fmt(s)})",
+                                                                          flush=True))
+    return [job["out"] for job in jobs[1:]]
 
 
 def write_toc(d: Path) -> None:
@@ -198,17 +238,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m nc.book", description=__doc__.split("\n\n")[0])
     ap.add_argument("command", choices=("reproduce", "build"))
     ap.add_argument("profile", nargs="?", default="demo")
-    ap.add_argument("--executor", choices=("local", "slurm"), default=None,
-                    help="run the sweep through nc.sweep (one job per parameter file and lr)")
     ap.add_argument("--force", action="store_true",
                     help="re-execute every run page even when its cube is current (delete cubes/<profile> to re-train)")
-    ap.add_argument("--partition", default=None, help="Slurm partition (default: the profile's _executor.yaml)")
-    ap.add_argument("--gpus", type=int, default=None, help="GPUs per Slurm job")
-    ap.add_argument("--time", type=int, default=None, help="Slurm time limit per job, minutes")
-    ap.add_argument("--parallel", type=int, default=None, help="jobs at once (local) or Slurm array parallelism")
-    ap.add_argument("--only", nargs="+", default=None, metavar="CELL",
-                    help="train only these cells: names or patterns (cifar10-vgg13, 'mnist-*') or datasets "
-                         "(mnist cifar10); the book lists the others as not run")
+    cli.add_run_options(ap, "run the sweep through nc.sweep first (one job per parameter file and lr)")
     args = ap.parse_args(argv)
     if not args.executor and any(v is not None for v in (args.partition, args.gpus, args.time, args.parallel)):
         ap.error("--partition, --gpus, --time and --parallel go with --executor local|slurm")
@@ -217,22 +249,22 @@ def main(argv=None) -> None:
     parameters, cubes, out = profile_dir(args.profile), cube_dir(args.profile), build_dir(shown)
     try:
         params_mod.select(params_mod.profile_files(parameters), args.only)
+        data.npz_dir_from_env()  # a mistyped NC_NPZ_DIR stops here, not in every run
     except ValueError as err:
         raise SystemExit(f"nc.book: {err}") from None
     if args.command == "reproduce":
         if args.executor:
-            from nc import sweep
+            from nc import jobs, sweep
 
-            with sweep.sigterm_exits():  # a killed driver stops its jobs too (they resume on the next run)
-                sweep.run_profile(parameters, cubes, executor=args.executor, partition=args.partition,
-                                  gpus_per_job=args.gpus, time_min=args.time, parallel=args.parallel, only=args.only)
+            with jobs.sigterm_exits():  # a killed driver stops its jobs too (they resume on the next run)
+                sweep.run_profile(parameters, cubes, **cli.sweep_options(args))
         train_all(parameters, cubes, out, force=args.force, only=args.only,
-                  runs_folder=RUN_FOLDERS.get(args.profile, "runs"))
+                  runs_folder=RUN_FOLDERS.get(args.profile, "runs"), keep_checkpoints=args.keep_checkpoints)
     if shown != args.profile:
         print(f"the {args.profile} runs are shown in the {shown} book's pages", flush=True)
     figures(shown, cube_dir(shown), out, profile_dir(shown))
     index = render(out)
-    print(f"done in {_fmt(time.perf_counter() - t0)}; open {index}", flush=True)
+    print(f"done in {fmt(time.perf_counter() - t0)}; open {index}", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,13 @@ On rank 0 only: DeepFool (Fig. 8) and Fig. 1's features (broadcast to the other 
 the same), the progress bar, the checkpoint (the bare model's state_dict: no "module." prefix, the same file
 whatever the world size; every rank resumes from it, and all ranks or none do), the part file and the cube.
 
-Measurement stays float64. Merging reorders float64 sums, so a DDP snapshot equals a single-process one to about
-1e-12 relative, not bitwise; and the gradient of a global batch summed over ranks rounds differently from the one
-computed whole, so a DDP run follows the single-process trajectory up to float rounding that training may amplify
-(bitwise only with a network without BatchNorm at W = 1). A resumed DDP run equals an uninterrupted one with the
-same world size: bitwise at W = 2 (a sum of two numbers does not depend on the order); above 2 the all-reduce's
-order may change with DDP's bucket layout, which it rebuilds after the first step of each launch.
+Measurement stays float64. Merging reorders float64 sums, so a DDP snapshot of the same weights equals a
+single-process one to about 1e-12 relative, not bitwise; and a global batch's gradient summed over the ranks
+rounds differently from the one computed whole, so without BatchNorm a DDP run follows the single-process
+trajectory up to float rounding that training may amplify (tests/test_ddp.py: float64, 1e-13 after 42 steps).
+With BatchNorm it is another computation (per-GPU batch statistics), as in the paper. A resumed DDP run equals an
+uninterrupted one of the same world size: bitwise at W = 2 (a sum of two numbers does not depend on the order);
+above 2 the all-reduce's order may follow DDP's bucket layout, which it rebuilds after the first step of a launch.
 """
 from __future__ import annotations
 
@@ -78,15 +79,15 @@ def is_main() -> bool:
 
 
 def launch_env() -> dict | None:
-    """{rank, world_size, local_rank, master_addr, master_port} from torchrun's variables (RANK, WORLD_SIZE,
-    LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or from Slurm tasks' (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; the
-    job's first host; MASTER_PORT if set, else a port in [20000, 60000] drawn from the job id, as submitit does);
-    None for a single process."""
+    """{rank, world_size, local_rank, master_addr, master_port, init_method} from torchrun's variables (RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT: env://) or from Slurm tasks' (SLURM_PROCID, SLURM_NTASKS,
+    SLURM_LOCALID; the job's first host; MASTER_PORT if set, else a port in [20000, 60000] drawn from the job id, as
+    submitit does: tcp://host:port); None for a single process."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         out = {"rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"]),
                "local_rank": int(env.get("LOCAL_RANK", 0)), "master_addr": env.get("MASTER_ADDR", "127.0.0.1"),
-               "master_port": int(env.get("MASTER_PORT", 29500))}
+               "master_port": int(env.get("MASTER_PORT", 29500)), "init_method": "env://"}
     elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
         from submitit.slurm.slurm import SlurmJobEnvironment
 
@@ -94,6 +95,7 @@ def launch_env() -> dict | None:
         out = {"rank": int(env["SLURM_PROCID"]), "world_size": int(env["SLURM_NTASKS"]),
                "local_rank": int(env.get("SLURM_LOCALID", 0)), "master_addr": SlurmJobEnvironment().hostnames[0],
                "master_port": int(port)}
+        out["init_method"] = f"tcp://{out['master_addr']}:{out['master_port']}"
     else:
         return None
     return out if out["world_size"] > 1 else None
@@ -114,9 +116,9 @@ def setup(device: str = "auto", timeout_min: float = TIMEOUT_MIN) -> Context:
             raise RuntimeError(f"local rank {env['local_rank']} but this task sees {n} GPU(s)")
         dev = torch.device("cuda", env["local_rank"] if n > 1 else 0)
         torch.cuda.set_device(dev)
-    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://{env['master_addr']}:{env['master_port']}",
-                            rank=env["rank"], world_size=env["world_size"],
-                            timeout=datetime.timedelta(minutes=timeout_min))
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=env["init_method"], rank=env["rank"],
+                            world_size=env["world_size"], timeout=datetime.timedelta(minutes=timeout_min),
+                            **({"device_id": dev} if cuda else {}))
     _CURRENT[0] = Context(env["rank"], env["world_size"], env["local_rank"], dev)
     return current()
 
@@ -263,7 +265,7 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+    return DistributedDataParallel(model, device_ids=ids)  # its default: rank 0's buffers at every forward
 
 
 def sync_buffers(model: torch.nn.Module) -> None:
@@ -295,9 +297,12 @@ def main(argv=None) -> None:
     setup(p["device"])
     try:
         cube_path, parts_dir = runs.paths(p, cube_dir)
+        dataset = runs.load_data(p) if is_main() else None  # rank 0 first: a download happens once
+        barrier()
+        dataset = runs.load_data(p) if dataset is None else dataset
         for lr in args.lr or p["lrs"]:
             for seed in params_mod.run_seeds(p):
-                runs.run_part(p, lr, parts_dir, progress=True, seed=seed)
+                runs.run_part(p, lr, parts_dir, dataset, progress=True, seed=seed)
         jobs = [(lr, seed) for lr in p["lrs"] for seed in params_mod.run_seeds(p)]
         if is_main() and all(runs.part_finished(p, lr, parts_dir, seed) for lr, seed in jobs):
             print(f"cube: {runs.merge_and_write(p, cube_path, parts_dir)}", flush=True)
@@ -306,5 +311,7 @@ def main(argv=None) -> None:
         teardown()
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m nc.ddp runs this file as __main__: use the one nc.ddp everything else imports
+    from nc import ddp
+
+    ddp.main()

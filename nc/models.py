@@ -246,6 +246,11 @@ def densenet_layers_per_block(network: str):
     return [(depth - 4) // 6] * 3
 
 
+def known(network: str) -> bool:
+    """Whether `build` knows the name: one of NETWORKS, or densenet<depth> with (depth - 4) % 6 == 0."""
+    return network in NETWORKS or densenet_layers_per_block(network) is not None
+
+
 def family(network: str) -> str:
     """'vgg', 'resnet' or 'densenet' for a network name `build` accepts."""
     if network in VGG_CONFIGS:

@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
+from nc import models
 from nc.data import DATASETS as PAPER_DATASETS
 
 DATASETS = ("demo", *PAPER_DATASETS)
-NETWORK_PATTERN = r"vgg(11|13|16|19)|resnet(18|34|50|101|152)|densenet\d+"
 STANDARDIZE = ("channel", "pixel")
 PRECISIONS = ("float32", "tf32", "bf16")
 LOSSES = ("cross_entropy", "mse")
@@ -68,8 +68,8 @@ class Key:
 
 SCHEMA = {
     "dataset": Key(REQUIRED, _one_of(DATASETS), f"one of {', '.join(DATASETS)}"),
-    "network": Key(REQUIRED, lambda v: isinstance(v, str) and re.fullmatch(NETWORK_PATTERN, v) is not None,
-                   "vgg11/13/16/19, resnet18/34/50/101/152 or densenet<depth>"),
+    "network": Key(REQUIRED, lambda v: isinstance(v, str) and models.known(v),
+                   "vgg11/13/16/19, resnet18/34/50/101/152 or densenet<depth> (nc.models)"),
     "epochs": Key(REQUIRED, _pos_int, "a positive integer"),
     "lrs": Key(REQUIRED, lambda v: isinstance(v, list) and len(v) > 0 and all(_num(x) and x > 0 for x in v)
                and len(set(v)) == len(v), "a non-empty list of distinct positive learning rates"),
@@ -185,10 +185,6 @@ def validate(raw: dict, source: str = "<parameters>") -> dict:
         raise ParameterError(f"{source}: keys 'class_counts' and 'imbalance_ratio': give one of them, not both")
     if out["imbalance_ratio"] is not None and out["n_per_class"] is None:
         raise ParameterError(f"{source}: key 'imbalance_ratio' needs 'n_per_class' (the majority classes' count)")
-    net = out["network"]
-    if net.startswith("densenet") and net != "densenet201" and (int(net[8:]) < 10 or (int(net[8:]) - 4) % 6):
-        raise ParameterError(f"{source}: key 'network': DenseNet-BC depth must be at least 10 with "
-                             f"(depth - 4) % 6 == 0, got {net!r}")
     return out
 
 

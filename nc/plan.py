@@ -19,14 +19,9 @@ import torch
 
 from nc import params as params_mod
 from nc import train
+from nc.data import SIZES
 
 ROOT = Path(__file__).resolve().parent.parent
-# images per split when n_per_class is null (the datasets as torchvision ships them); C classes
-FULL_SPLITS = {"mnist": (60000, 10000, 10), "fashionmnist": (60000, 10000, 10), "svhn": (73257, 26032, 10),
-               "cifar10": (50000, 10000, 10), "cifar100": (50000, 10000, 100), "stl10": (5000, 8000, 10),
-               "imagenet": (1281167, 50000, 1000), "demo": (4000, 1000, 10)}
-CHANNELS = {"mnist": 1, "fashionmnist": 1, "demo": 1}
-NATIVE_SIZE = {"mnist": 28, "fashionmnist": 28, "stl10": 96, "imagenet": 224, "demo": 28}
 # dense peak TFLOP/s by precision, vendor datasheets (SXM parts); V100 has no TF32 / BF16 (its FP16 tensor cores
 # are listed for bf16)
 REFERENCE_GPUS = {"V100": {"float32": 15.7, "tf32": 15.7, "bf16": 125.0},
@@ -39,7 +34,7 @@ TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward (two matmuls per forward one
 
 def splits(p: dict) -> tuple[int, int, int]:
     """(train images, test images, classes) of a parameter file, without reading any data."""
-    n_train, n_test, C = FULL_SPLITS[p["dataset"]]
+    n_train, n_test, C, _, _ = SIZES[p["dataset"]]
     if p["npz_file"] == "imagenette32.npz":
         C = 10
     if p["n_per_class"] is not None:
@@ -73,8 +68,8 @@ def _network_cost(network, stem, classes, channels, size, width, growth_rate, fe
 
 def network_cost(p: dict) -> dict:
     _, _, C = splits(p)
-    channels = CHANNELS.get(p["dataset"], 3)
-    size = p["image_size"] or NATIVE_SIZE.get(p["dataset"], 32)
+    channels, native = SIZES[p["dataset"]][3:]
+    size = p["image_size"] or native
     flops, n_params, act = _network_cost(p["network"], p["stem"], C, channels, size, p["width"], p["growth_rate"],
                                          p["feature_dim"], p["memory_efficient"], 2)
     return {"flops": flops, "params": n_params, "activation_bytes": act, "image_size": size, "classes": C}
@@ -122,7 +117,7 @@ def disk_bytes(p: dict, cost: dict) -> dict:
     with torch.device("meta"):
         from nc import models
 
-        dim = models.feature_dim_of(p["network"], C, CHANNELS.get(p["dataset"], 3), cost["image_size"], p["width"],
+        dim = models.feature_dim_of(p["network"], C, SIZES[p["dataset"]][3], cost["image_size"], p["width"],
                                     stem=p["stem"], feature_dim=p["feature_dim"], growth_rate=p["growth_rate"])
     kept = train.geometry_epochs(snaps, p["epochs"], C, dim, 60)
     per = 2 * C * dim + dim + C + C * C + 60 * dim

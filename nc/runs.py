@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 import xarray as xr
 
-from nc import cube, train
+from nc import cube, ddp, train
 from nc import data as data_mod
 from nc import params as params_mod
+from nc import progress as progress_mod
 
 
 def run_key(params: dict) -> str:
@@ -52,6 +53,8 @@ def check_feature_dim(params: dict, num_classes: int, in_channels: int, image_si
 def data_info(dataset, device) -> dict:
     """What the cube records about the data and the hardware."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    if ddp.current().distributed:  # one DDP process per device (nc.ddp)
+        name = f"{ddp.current().world_size} x {name} (DDP)"
     return {"data_source": dataset.source, "n_train": len(dataset.train), "n_test": len(dataset.test),
             "num_classes": dataset.num_classes, "device": name,
             "image_shape": str((dataset.in_channels, dataset.image_size, dataset.image_size))}
@@ -113,14 +116,18 @@ def run_part(params: dict, lr: float, parts_dir, dataset=None, progress: bool = 
     dataset = dataset if dataset is not None else load_data(params, device)
     check_feature_dim(params, dataset.num_classes, dataset.in_channels, dataset.image_size)
     ckpt = checkpoint_path(parts_dir, lr, seed)
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    stamp = ckpt.with_suffix(".key")
-    if ckpt.is_file() and (not stamp.is_file() or stamp.read_text() != run_key(params)):
-        ckpt.unlink()  # a checkpoint of other parameters or of an older format is not resumed
-    stamp.write_text(run_key(params))
+    if ddp.is_main():  # DDP (nc.ddp): rank 0 vets the checkpoint, every rank then resumes from it
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        stamp = ckpt.with_suffix(".key")
+        if ckpt.is_file() and (not stamp.is_file() or stamp.read_text() != run_key(params)):
+            ckpt.unlink()  # a checkpoint of other parameters or of an older format is not resumed
+        stamp.write_text(run_key(params))
+    ddp.barrier()
     record = train.train_one_lr(params, lr, dataset, checkpoint=ckpt, progress=progress, stop_after=stop_after,
-                                seed=seed)
-    cube.write(cube.part(record, params, data_info(dataset, device)), out)
+                                seed=seed, progress_file=progress_mod.path_for(out))
+    if ddp.is_main():  # DDP: every rank holds the same record; rank 0 writes the part
+        cube.write(cube.part(record, params, data_info(dataset, device)), out)
+    ddp.barrier()  # no rank goes on (part_finished, the next lr, the merge) before the part is there
     return out
 
 
@@ -151,5 +158,8 @@ def run(params: dict, cube_dir, progress: bool = True, force: bool = False, keep
     for lr in params["lrs"]:
         for seed in params_mod.run_seeds(params):
             run_part(params, lr, parts_dir, dataset, progress, seed=seed)
-    return merge_and_write(params, path, parts_dir, keep_checkpoints)
+    if ddp.is_main():  # DDP: rank 0 writes the cube
+        merge_and_write(params, path, parts_dir, keep_checkpoints)
+    ddp.barrier()
+    return path
 

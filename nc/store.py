@@ -31,7 +31,13 @@ class StoreUnavailable(DatasetUnavailable):
 
 
 def default_workers():
-    return min(8, os.cpu_count() or 1)
+    """DataLoader workers per process: the CPUs this process may use (its affinity: a Slurm task's share), at most 8,
+    minus one for the process itself."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus - 1))
 
 
 @functools.lru_cache(maxsize=4)

@@ -11,7 +11,8 @@ nc.snapshot.
 A checkpoint (model, optimizer, the record so far) is written atomically after every epoch and a run resumes from
 it; the batch order of epoch e depends only on (seed, e), so a resumed run equals an uninterrupted one. An
 unreadable checkpoint is reported once and the lr restarts from scratch. A non-finite loss marks the run
-`diverged` and ends it cleanly.
+`diverged` and ends it cleanly. Several GPUs per run: nc.ddp (one process per GPU; with one process nothing
+here changes).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nc import cube, ddp, models
+from nc import progress as progress_mod
 from nc.snapshot import DEPTH_STAGES, choose_fixed_samples, eval_pass, measure_depth, measure_snapshot
 
 RECORD_EPOCH = cube.EPOCH_VARS
@@ -192,6 +194,29 @@ def sgd_step(model, opt, x, y, autocast, loss: str = "cross_entropy",
     return loss.detach(), logits.detach()
 
 
+def train_epoch(net, model, opt, split, order, batch_size: int, autocast, loss: str = "cross_entropy",
+                max_steps: int | None = None) -> tuple[float, float]:
+    """One epoch of SGD steps over `split` in `order`, global batches of `batch_size` (a last batch too small for
+    BatchNorm is skipped); under DDP (nc.ddp) this rank's rows of each batch, through `net` (the DDP wrapper of
+    `model`). Returns the mean loss and the training-pass accuracy over the rows seen, summed over the ranks.
+    max_steps: stop after that many steps (the benchmark's short epochs)."""
+    ctx = ddp.current()
+    model.train()
+    seen = len(order) - ddp.tail_skipped(len(order), batch_size)  # one process: a last batch of one image
+    if max_steps is not None:
+        seen = min(seen, max_steps * batch_size)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=split.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.device)
+    rows, steps = ddp.shard_epoch(order[:seen], batch_size)  # this rank's rows; one process: order[:seen]
+    for (x, y), n_step in zip(split.batches(ddp.local_batch(batch_size), rows), steps):
+        value, logits = sgd_step(net, opt, x, y, autocast, loss, len(y) * ctx.world_size / n_step)
+        loss_sum += value.double() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    ddp.sync_buffers(model)  # DDP: rank 0's BatchNorm statistics on every rank
+    ddp.sum_tensors_(loss_sum, correct)  # DDP: over the ranks, in place
+    return loss_sum.item() / seen, correct.item() / seen
+
+
 def build_model(params: dict, num_classes: int, in_channels: int, image_size: int, device,
                 seed: int | None = None) -> torch.nn.Module:
     """The network of `params`, seeded (by the run seed, default params["seed"]) so that every lr of a sweep starts
@@ -235,12 +260,13 @@ def _resume(checkpoint: Path, model, opt, record: dict, device) -> dict | None:
 
 
 def train_one_lr(params: dict, lr: float, data, checkpoint: Path | None = None, progress: bool = True,
-                 stop_after: int | None = None, seed: int | None = None) -> dict:
+                 stop_after: int | None = None, seed: int | None = None, progress_file: Path | None = None) -> dict:
     """Train one learning rate to the end (or until divergence); returns the record (see `empty_record`).
 
     `checkpoint`: a file to resume from and to write after every epoch. `stop_after`: return after that
     many epochs of this call (used by tests to interrupt a run). `seed`: the run seed (initialisation and batch
-    order; default params["seed"]); the data subset and the Fig. 1 / DeepFool samples follow params["seed"]."""
+    order; default params["seed"]); the data subset and the Fig. 1 / DeepFool samples follow params["seed"].
+    `progress_file`: where the run reports its epoch, pace and ETA after every epoch (nc.progress)."""
     seed = params["seed"] if seed is None else seed
     device = data.train.device
     model = build_model(params, data.num_classes, data.in_channels, data.image_size, device, seed)
@@ -264,33 +290,22 @@ def train_one_lr(params: dict, lr: float, data, checkpoint: Path | None = None, 
     lrs = lr_schedule(lr, params["epochs"], params["lr_milestones"], params["lr_gamma"])
     N, bs, ebs = len(data.train), params["batch_size"], params["eval_batch_size"]
     ctx, net = ddp.current(), ddp.wrap(model)  # net takes the steps (DDP over model); model is evaluated, saved
-    b = ddp.local_batch(bs)  # this rank's rows of a global batch of bs
     autocast = precision_context(params["precision"], device)
     start_epoch = record["epochs_done"] + 1
-    bar = tqdm(range(start_epoch, params["epochs"] + 1), initial=start_epoch - 1, total=params["epochs"],
-               desc=f"{params['dataset']}-{params['network']} lr={lr:g}", disable=not (progress and ctx.is_main),
-               unit="epoch", mininterval=10)
+    label = f"{params.get('name') or params['dataset'] + '-' + params['network']} lr={lr:g}"
+    bar = tqdm(range(start_epoch, params["epochs"] + 1), initial=start_epoch - 1, total=params["epochs"], desc=label,
+               disable=not (progress and ctx.is_main), unit="epoch", mininterval=10)
+    started = time.perf_counter()
     for done_here, epoch in enumerate(bar, 1):
         if record["status"] != "running":
             break
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = float(lrs[epoch - 1])
-        model.train()
         order = torch.randperm(N, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        seen = N - ddp.tail_skipped(N, bs)  # a last batch of one image is skipped (BatchNorm needs two; nc.ddp)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        rows, steps = ddp.shard_epoch(order[:seen], bs)  # this rank's rows; one process: order[:seen]
-        for (x, y), n_step in zip(data.train.batches(b, rows), steps):
-            loss, logits = sgd_step(net, opt, x, y, autocast, params["loss"], len(y) * ctx.world_size / n_step)
-            loss_sum += loss.double() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-        ddp.sync_buffers(model)  # DDP: rank 0's BatchNorm statistics on every rank
-        ddp.sum_tensors_(loss_sum, correct)  # DDP: over the ranks, in place
         ep = record["epoch"]
-        ep["train_loss"][epoch - 1] = loss_sum.item() / seen
-        ep["train_acc"][epoch - 1] = correct.item() / seen
+        ep["train_loss"][epoch - 1], ep["train_acc"][epoch - 1] = train_epoch(
+            net, model, opt, data.train, order, bs, autocast, params["loss"])
         ep["lr_schedule"][epoch - 1] = lrs[epoch - 1]
         finite = math.isfinite(ep["train_loss"][epoch - 1]) and all(
             torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
@@ -328,6 +343,9 @@ def train_one_lr(params: dict, lr: float, data, checkpoint: Path | None = None, 
         if checkpoint is not None and ctx.is_main:  # DDP: rank 0 writes it, the bare model (no "module." prefix)
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "record": record},
                         Path(checkpoint))
+        if progress_file is not None and ctx.is_main:
+            pace = (time.perf_counter() - started) / done_here
+            progress_mod.write(progress_file, label, epoch, params["epochs"], pace, record["status"])
         if stop_after is not None and done_here >= stop_after:
             break
     bar.close()

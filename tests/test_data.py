@@ -324,3 +324,67 @@ def test_an_npz_dir_that_does_not_exist_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("NC_NPZ_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(D.DataError, match=rf"NC_NPZ_DIR={tmp_path / 'nowhere'}: no such directory"):
         D.load("mnist")
+
+
+# ----------------------------------------------------------------------------- torchvision's own file formats
+# CIFAR100, SVHN and STL10 cannot be downloaded here: small files written in their formats go through torchvision's
+# real readers (only their md5 checks are bypassed), so a change in how nc.sources reads them would show.
+
+def _cifar100_files(root, rng):
+    import pickle
+
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    splits = {}
+    for split, n in (("train", 30), ("test", 10)):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = (np.arange(n) % 100).tolist()
+        with open(folder / split, "wb") as f:
+            pickle.dump({"data": data, "fine_labels": labels, "coarse_labels": [0] * n}, f)
+        splits[split] = (data.reshape(n, 3, 32, 32), np.array(labels))
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": ["x"] * 20}, f)
+    return splits
+
+
+def _svhn_files(root, rng):
+    import scipy.io
+
+    splits = {}
+    for split, n in (("train", 30), ("test", 10)):
+        x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        y = (np.arange(n) % 10) + 1  # SVHN's labels are 1..10, 10 meaning the digit 0
+        scipy.io.savemat(root / f"{split}_32x32.mat", {"X": x, "y": y[:, None]})
+        splits[split] = (x.transpose(3, 2, 0, 1), np.where(y == 10, 0, y))
+    return splits
+
+
+def _stl10_files(root, rng):
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    splits = {}
+    for split, n in (("train", 20), ("test", 10)):
+        x = rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8)
+        y = (np.arange(n) % 10) + 1  # 1..10 on disk
+        x.transpose(0, 1, 3, 2).tofile(folder / f"{split}_X.bin")  # column-major images, as STL10 stores them
+        y.astype(np.uint8).tofile(folder / f"{split}_y.bin")
+        splits[split] = (x, y - 1)
+    (folder / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
+    return splits
+
+
+@pytest.mark.parametrize("name,cls,write", [("cifar100", "CIFAR100", _cifar100_files), ("svhn", "SVHN", _svhn_files),
+                                            ("stl10", "STL10", _stl10_files)])
+def test_torchvision_readers_on_files_in_their_formats(monkeypatch, tmp_path, name, cls, write):
+    import torchvision.datasets as tvd
+
+    splits = write(tmp_path, np.random.default_rng(0))
+    monkeypatch.setattr(getattr(tvd, cls), "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tvd.cifar, "check_integrity", lambda *a, **k: True)  # CIFAR's meta file has an md5 too
+    d = D.load(name, root=tmp_path, download=False)
+    assert d.source == f"torchvision:{tmp_path}"
+    for split, got in (("train", d.train), ("test", d.test)):
+        x, y = splits[split]
+        assert got.x.shape == x.shape and np.array_equal(got.y.numpy(), y)
+        assert np.array_equal(raw255(got.x, d).numpy(), x), split  # pixel for pixel, in (N, C, H, W)
+    assert d.num_classes == (100 if name == "cifar100" else 10)

@@ -6,11 +6,13 @@ statistics reach every rank. Without processes: the Chan merges of the accumulat
 the data (and numpy's two-pass moments) to 1e-12, the epoch sharding's union is the single-process batch, and the
 launchers' variables are read as they are set. Nothing waits on the clock: the workers are waited for with a
 generous deadline."""
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -107,8 +109,13 @@ def launch(tmp: Path, cfg: dict, world: int = 2, timeout_s: float = 600) -> None
         logs.append(open(tmp / f"worker-{port}-{rank}.log", "w"))  # noqa: SIM115 (closed below)
         procs.append(subprocess.Popen([sys.executable, __file__, json.dumps(cfg)], env=env, cwd=ROOT,
                                       stdout=logs[-1], stderr=subprocess.STDOUT))
-    try:
-        codes = [p.wait(timeout=timeout_s) for p in procs]
+    deadline = time.monotonic() + timeout_s
+    try:  # until all exit, one fails (the others would wait for it in a collective) or the deadline passes
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs) and \
+                not any(p.returncode for p in procs):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                next(p for p in procs if p.poll() is None).wait(timeout=1)
+        codes = [p.poll() for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -331,10 +338,11 @@ def test_launch_env_reads_torchrun_and_slurm_variables(monkeypatch):
     assert {k: env[k] for k in ("rank", "world_size", "local_rank", "master_addr")} == \
         {"rank": 5, "world_size": 8, "local_rank": 1, "master_addr": "gpu012"}
     assert 20000 <= env["master_port"] <= 60000 and ddp.launch_env()["master_port"] == env["master_port"]
+    assert env["init_method"] == f"tcp://gpu012:{env['master_port']}"
     for key, value in dict(RANK="3", WORLD_SIZE="4", LOCAL_RANK="3", MASTER_ADDR="node1", MASTER_PORT="2345").items():
         monkeypatch.setenv(key, value)
     assert ddp.launch_env() == {"rank": 3, "world_size": 4, "local_rank": 3, "master_addr": "node1",
-                                "master_port": 2345}  # torchrun's variables win
+                                "master_port": 2345, "init_method": "env://"}  # torchrun's variables win
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert ddp.launch_env() is None
 

@@ -2,7 +2,8 @@
 localhost (tests/slurm_cluster.py: munge, MariaDB, slurmdbd, slurmctld, slurmd). The jobs go through sbatch and
 their cubes equal the local executor's bitwise (wall time aside); a job that reaches its time limit is requeued
 and resumes from its checkpoint; a SIGKILLed driver started again waits for its live jobs instead of submitting
-them twice; a job cancelled with scancel is reported, and a re-run resumes it from its checkpoint.
+them twice; a SIGTERMed driver exits only after its jobs are gone; a job cancelled with scancel is reported, and a
+re-run resumes it from its checkpoint.
 
 The cluster skips (with the reason) only where it cannot start: not Linux, not root, the Debian packages absent;
 with NC_REQUIRE_SLURM=1 (what .ci/run sets) that is an error, and so is any failure to start. Jobs that must be
@@ -23,7 +24,7 @@ import slurm_cluster
 import torch
 import yaml
 
-from nc import cube, params, runs, sweep
+from nc import cube, jobs, params, runs, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"dataset": "demo", "width": 0.125, "n_per_class": 20, "test_n_per_class": 10, "image_size": 16, "epochs": 5,
@@ -36,17 +37,17 @@ EXECUTOR = {"executor": "slurm", "local": {"parallel": 2, "threads": 1},  # 1 to
 DEADLINE_S = 900  # generous: a busy 2-core machine; only a failing test waits this long
 TAMPERED_WALL_TIME = 1e6  # written into a held job's checkpoint: only a run resumed from it carries it on
 
-# The driver, with nc.sweep.TrainPart wrapped (the wrapper lives in __main__, so cloudpickle sends it by value):
+# The driver, with nc.executors.TrainPart wrapped (the wrapper lives in __main__, so cloudpickle sends it by value):
 # in a job's first run (not a requeued one), after its NC_TEST_HOLD_AFTER-th checkpoint it holds until the file
 # NC_TEST_RELEASE exists (for ever without one: until Slurm's USR2 or a kill ends it). NC_TEST_HOLD_LRS: only those.
 HOLD_SCRIPT = """
 import os, sys, time
 import submitit
-from nc import sweep
+from nc import executors, sweep
 
 class HeldTrainPart(submitit.helpers.Checkpointable):
-    def __call__(self, params, lr, parts_dir, threads):
-        from nc import sweep, train
+    def __call__(self, params, lr, parts_dir, threads, seed=None):
+        from nc import executors, train  # in the job's process: the original TrainPart
         hold, lrs = os.environ.get("NC_TEST_HOLD_AFTER"), os.environ.get("NC_TEST_HOLD_LRS")
         first_run = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
         if hold and first_run and (not lrs or f"{lr:g}" in lrs.split(",")):
@@ -58,9 +59,9 @@ class HeldTrainPart(submitit.helpers.Checkpointable):
                 while saved[0] >= int(hold) and not (release and os.path.exists(release)):
                     time.sleep(0.2)
             setattr(train, name, save_then_hold)
-        return sweep.TrainPart()(params, lr, parts_dir, threads)
+        return executors.TrainPart()(params, lr, parts_dir, threads, seed)
 
-sweep.TrainPart = HeldTrainPart
+executors.TrainPart = HeldTrainPart
 sweep.main(sys.argv[1:])
 """
 
@@ -126,11 +127,17 @@ def _parts(profile, cubes: Path) -> Path:
 
 
 def _record(profile, cubes: Path, lr: float) -> dict | None:
-    return sweep.read_record(sweep.Job(profile["params"], lr, _parts(profile, cubes)))
+    return jobs.read_record(sweep.Job(profile["params"], lr, _parts(profile, cubes)))
+
+
+def _checkpoint(profile, cubes: Path, lr: float) -> Path:
+    """The checkpoint file of an lr (nc.runs.checkpoint_path, where nc.runs has it)."""
+    parts = _parts(profile, cubes)
+    return runs.checkpoint_path(parts, lr) if hasattr(runs, "checkpoint_path") else parts / f"lr-{lr:.6g}.ckpt"
 
 
 def _epochs_in_checkpoint(profile, cubes: Path, lr: float) -> int:
-    ckpt = _parts(profile, cubes) / f"lr-{lr:.6g}.ckpt"
+    ckpt = _checkpoint(profile, cubes, lr)
     with contextlib.suppress(OSError, RuntimeError, EOFError):  # not there yet
         return int(torch.load(ckpt, weights_only=False)["record"]["epochs_done"])
     return 0
@@ -138,7 +145,7 @@ def _epochs_in_checkpoint(profile, cubes: Path, lr: float) -> int:
 
 def _tamper_wall_time(profile, cubes: Path, lr: float) -> None:
     """Set the checkpoint's wall time to TAMPERED_WALL_TIME (atomically: tmp file, rename)."""
-    ckpt = _parts(profile, cubes) / f"lr-{lr:.6g}.ckpt"
+    ckpt = _checkpoint(profile, cubes, lr)
     state = torch.load(ckpt, weights_only=False)
     state["record"]["wall_time"] = TAMPERED_WALL_TIME
     torch.save(state, ckpt.with_suffix(".tampered"))
@@ -291,7 +298,7 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 def _live(cluster, ids) -> dict:
-    """nc.sweep.slurm_live against the test cluster (its SLURM_CONF)."""
+    """nc.jobs.slurm_live against the test cluster (its SLURM_CONF)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
-        return sweep.slurm_live(ids)
+        return jobs.slurm_live(ids)

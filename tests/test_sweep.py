@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from nc import cube, models, params, runs, sweep
+from nc import cube, executors, jobs, models, params, runs, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"dataset": "demo", "width": 0.125, "n_per_class": 20, "test_n_per_class": 10, "image_size": 16, "epochs": 5,
@@ -64,6 +64,11 @@ def _sweep(*args, **kw):
     return paths, out.getvalue()
 
 
+def _checkpoint(parts_dir: Path, lr: float) -> Path:
+    """The checkpoint file of an lr (nc.runs.checkpoint_path, where nc.runs has it)."""
+    return runs.checkpoint_path(parts_dir, lr) if hasattr(runs, "checkpoint_path") else parts_dir / f"lr-{lr:.6g}.ckpt"
+
+
 def _mtimes(folder: Path) -> dict:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*.nc"))}
 
@@ -96,11 +101,11 @@ def swept(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NC_NPZ_DIR", str(empty))
         mp.setenv("NC_DATA_ROOT", str(empty))
-        mp.setattr(sweep, "STATUS_EVERY_S", 0)  # a status block in every round of the wait loop with jobs running
+        mp.setattr(executors, "STATUS_EVERY_S", 0)  # a status block in every round of the wait loop with jobs running
         # 1. a job killed with SIGKILL after its first checkpoint
         p = params.load(profile / f"{KILLED_CELL}.yaml")
         _, parts_dir = runs.paths(p, cubes)
-        ckpt = parts_dir / f"lr-{KILLED_LR:.6g}.ckpt"
+        ckpt = _checkpoint(parts_dir, KILLED_LR)
         proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(profile / f"{KILLED_CELL}.yaml"),
                                  str(KILLED_LR), str(parts_dir)], cwd=ROOT)
         deadline = time.monotonic() + DEADLINE_S
@@ -159,9 +164,11 @@ def test_every_submitted_job_is_recorded_beside_its_part(swept):
         p = params.load(swept["profile"] / f"{name}.yaml")
         parts_dir = runs.paths(p, swept["cubes"])[1]
         for lr in TINY["lrs"]:
-            record = json.loads((parts_dir / f"lr-{lr:.6g}.job.json").read_text())
             job = sweep.Job(p, lr, parts_dir)
-            assert sweep.read_record(job) == record and sweep.record_path(job) == parts_dir / f"lr-{lr:.6g}.job.json"
+            path = jobs.record_path(job)
+            assert path == runs.part_path(parts_dir, lr).with_suffix(".job.json")  # beside the part
+            record = json.loads(path.read_text())
+            assert jobs.read_record(job) == record
             assert record["executor"] == "local" and record["cell"] == name and record["lr"] == lr
             assert record["parameter_hash"] == params.digest(p)
             assert Path(record["folder"]) == (swept["cubes"] / "logs").resolve()
@@ -172,18 +179,23 @@ def test_every_submitted_job_is_recorded_beside_its_part(swept):
 def test_driver_prints_the_running_jobs_progress(swept):
     assert re.search(r"\] \d+/4 job\(s\) done, [12] running, \d+ waiting", swept["out"])
     bars = [line for line in swept["out"].splitlines() if line.startswith("    demo-")]
-    assert bars and all(re.match(r"    demo-vgg1[13] lr=0\.0[25]: (starting|.*\d+/5 \[)", b) for b in bars), bars
+    assert bars and all(re.match(r"    demo-vgg1[13] lr=0\.0[25]: (starting|epoch \d/5, [\d.]+ s/epoch, about )", b)
+                        for b in bars), bars
 
 
-def test_last_progress_reads_the_last_bar_of_a_log(tmp_path):
-    log = tmp_path / "job_log.err"
-    log.write_text("submitit INFO starting\ncell lr=0.05:   0%|  | 0/9 [00:00<?, ?epoch/s]\r"
-                   "cell lr=0.05:  22%|##| 2/9 [00:04<00:14, 2.00s/epoch, acc=0.5]\r"
-                   "cell lr=0.05:  33%|###| 3/9 [00:06<00:12, 2.00s/epoch, acc=0.6]\rsubmitit WARNING Bypassing\n")
-    assert sweep.last_progress(log) == "cell lr=0.05:  33%|###| 3/9 [00:06<00:12, 2.00s/epoch, acc=0.6]"
-    assert sweep.last_progress(tmp_path / "none.err") is None
-    log.write_text("submitit INFO starting\n")
-    assert sweep.last_progress(log) is None
+def test_a_jobs_progress_file_is_what_the_status_block_prints(tmp_path):
+    from nc import progress
+
+    f = progress.path_for(tmp_path / "lr-0.05-seed0.nc")
+    assert f.name == "lr-0.05-seed0.progress.json" and progress.read(f) is None
+    progress.write(f, "cell lr=0.05", 3, 9, 2.0)
+    info = progress.read(f)
+    assert (info["epoch"], info["epochs"], info["eta_s"]) == (3, 9, 12.0)
+    assert progress.line(info) == "cell lr=0.05: epoch 3/9, 2 s/epoch, about 12s left"
+    progress.write(f, "cell lr=0.05", 9, 9, 2.0, "complete")
+    assert progress.line(progress.read(f)) == "cell lr=0.05: complete at epoch 9/9"
+    f.write_text("{not json")
+    assert progress.read(f) is None
 
 
 def test_rerun_trains_nothing(swept):
@@ -230,19 +242,19 @@ def test_only_selects_cells_and_leaves_the_others_alone(swept):
 
 
 def test_plan_local_shares_cores_and_packs_gpus():
-    assert sweep.plan_local(63, cores=2, gpus=0) == (2, 1)
-    assert sweep.plan_local(3, cores=16, gpus=0) == (3, 5)
-    assert sweep.plan_local(1, cores=2, gpus=0) == (1, 2)
-    assert sweep.plan_local(63, cores=16, gpus=1) == (4, 4)
-    assert sweep.plan_local(63, cores=16, gpus=2, jobs_per_gpu=3) == (6, 2)
-    assert sweep.plan_local(63, cores=16, gpus=0, parallel=5, threads=1) == (5, 1)
+    assert executors.plan_local(63, cores=2, gpus=0) == (2, 1)
+    assert executors.plan_local(3, cores=16, gpus=0) == (3, 5)
+    assert executors.plan_local(1, cores=2, gpus=0) == (1, 2)
+    assert executors.plan_local(63, cores=16, gpus=1) == (4, 4)
+    assert executors.plan_local(63, cores=16, gpus=2, jobs_per_gpu=3) == (6, 2)
+    assert executors.plan_local(63, cores=16, gpus=0, parallel=5, threads=1) == (5, 1)
 
 
 def test_executor_file_rejects_unknown_keys(tmp_path):
     (tmp_path / "_executor.yaml").write_text("slurm:\n  partitoin: gpu\n")
     with pytest.raises(ValueError, match="partitoin"):
-        sweep.read_executor(tmp_path)
-    assert sweep.read_executor(tmp_path / "nothing-here")["executor"] == "local"
+        executors.read_executor(tmp_path)
+    assert executors.read_executor(tmp_path / "nothing-here")["executor"] == "local"
 
 
 def test_slurm_settings_from_file_dataset_and_command_line(tmp_path, monkeypatch):
@@ -251,18 +263,19 @@ def test_slurm_settings_from_file_dataset_and_command_line(tmp_path, monkeypatch
     (fake / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit wants srun on PATH to build a Slurm executor
     (fake / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
-    config = sweep.read_executor(ROOT / "parameters" / "paper")
+    config = executors.read_executor(ROOT / "parameters" / "paper")
     assert config["executor"] == "slurm"
     imagenet = sweep.Job(params.load(ROOT / "parameters" / "paper" / "imagenet-vgg19.yaml"), 0.01, tmp_path)
     cifar = sweep.Job(params.load(ROOT / "parameters" / "paper" / "cifar10-vgg13.yaml"), 0.01, tmp_path)
-    s = sweep.slurm_settings(imagenet, config["slurm"])
+    s = executors.slurm_settings(imagenet, config["slurm"])
     assert s["gpus_per_job"] == 8 and s["partition"] is None
-    assert sweep.slurm_settings(cifar, config["slurm"])["gpus_per_job"] == 1
-    s = sweep.slurm_settings(imagenet, config["slurm"] | {"options": {"partition": "gpu", "time_min": 60,
+    assert executors.slurm_settings(cifar, config["slurm"])["gpus_per_job"] == 1
+    s = executors.slurm_settings(imagenet, config["slurm"] | {"options": {"partition": "gpu", "time_min": 60,
                                                                        "array_parallelism": 5}})
-    got = sweep.slurm_executor(tmp_path / "logs", s)._executor.parameters
+    got = executors.slurm_executor(tmp_path / "logs", s)._executor.parameters
     assert got["partition"] == "gpu" and got["time"] == 60 and got["gpus_per_node"] == 8
-    assert got["cpus_per_task"] == s["cpus_per_job"] and got["array_parallelism"] == 5
+    assert got["ntasks_per_node"] == 8 and got["cpus_per_task"] == s["cpus_per_job"] // 8  # one DDP task per GPU
+    assert got["array_parallelism"] == 5
 
 
 @pytest.mark.parametrize("profile", ["paper", "quick"])
@@ -275,7 +288,7 @@ def test_profile_has_the_21_cells_and_every_file_loads(profile):
         assert f.stem == f"{p['dataset']}-{p['network']}"
         cells.setdefault(p["dataset"], set()).add(p["network"])
     assert cells == PAPER_NETWORKS
-    sweep.read_executor(ROOT / "parameters" / profile)
+    executors.read_executor(ROOT / "parameters" / profile)
 
 
 def test_paper_files_have_the_papers_settings():
@@ -363,11 +376,13 @@ def long_sweep(tmp_path):
         driver = subprocess.Popen([sys.executable, "-m", "nc.sweep", str(profile), "--cube-dir", str(cubes)],
                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     logs = str(cubes / "logs")
-    record = cubes / "parts" / "demo-vgg11" / "lr-0.05.job.json"
+    p = params.load(profile / "demo-vgg11.yaml")
+    record = jobs.record_path(sweep.Job(p, 0.05, runs.paths(p, cubes)[1]))
 
-    def training():
-        job_log = cubes / "logs" / f"{json.loads(record.read_text())['job_id']}_0_log.err" if record.is_file() else None
-        return job_log is not None and sweep.last_progress(job_log) is not None
+    def training():  # the job has finished an epoch of its training loop (its progress file says so)
+        from nc import progress
+
+        return progress.read(progress.path_for(runs.part_path(runs.paths(p, cubes)[1], 0.05))) is not None
 
     try:
         deadline = time.monotonic() + DEADLINE_S
@@ -375,7 +390,7 @@ def long_sweep(tmp_path):
             time.sleep(0.1)
         assert training(), f"the job never started training:\n{log.read_text()}"
         assert _processes_mentioning(logs), "no job process found"
-        yield {"driver": driver, "logs": logs, "log": log, "cubes": cubes}
+        yield {"driver": driver, "logs": logs, "log": log, "cubes": cubes, "record": record}
     finally:
         driver.kill()
         driver.wait()
@@ -394,7 +409,7 @@ def test_a_stopped_driver_exits_only_after_its_jobs_are_gone(long_sweep, how):
         driver.send_signal(signal.SIGTERM)
     else:  # a terminal's Ctrl-C: SIGINT to the driver's whole process group
         os.killpg(driver.pid, signal.SIGINT)
-    status = driver.wait(timeout=2 * sweep.STOP_WAIT_S + DEADLINE_S)
+    status = driver.wait(timeout=2 * jobs.STOP_WAIT_S + DEADLINE_S)
     left = _processes_mentioning(long_sweep["logs"])
     out = long_sweep["log"].read_text()
     assert left == [], f"job processes outlived the stopped driver:\n{out}"
@@ -406,7 +421,7 @@ def test_a_stopped_driver_exits_only_after_its_jobs_are_gone(long_sweep, how):
 def test_a_sigkilled_drivers_local_jobs_die_with_it(long_sweep):
     """No cleanup can run in a SIGKILLed driver: its jobs' controllers have PR_SET_PDEATHSIG, so they go too (the
     kernel signals them as the driver dies: this is the one wait that polls). The job was recorded at submit time."""
-    record = json.loads((long_sweep["cubes"] / "parts" / "demo-vgg11" / "lr-0.05.job.json").read_text())
+    record = json.loads(long_sweep["record"].read_text())
     assert record["executor"] == "local"
     assert int(record["job_id"]) in _processes_mentioning(long_sweep["logs"])  # the job's controller, running
     long_sweep["driver"].send_signal(signal.SIGKILL)
