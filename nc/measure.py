@@ -254,7 +254,7 @@ def moments(features, labels, num_classes=None) -> Moments:
     return _moments_from(counts, mu, centred.T @ centred / h.shape[0], class_var, centred)
 
 
-def metrics_from_moments(m: Moments, W, b, ncc_mismatch: float = math.nan) -> dict[str, float]:
+def metrics_from_moments(m: Moments, W, ncc_mismatch: float = math.nan) -> dict[str, float]:
     """The cube's snapshot metrics from train moments and the classifier."""
     out = {"nc1": m.nc1}
     out.update(geometry_metrics(m.class_means, m.global_mean, W))
@@ -262,8 +262,7 @@ def metrics_from_moments(m: Moments, W, b, ncc_mismatch: float = math.nan) -> di
     return out
 
 
-def collapse_metrics(train_features, train_labels, W, b, test_features=None, test_labels=None,
-                     num_classes=None) -> dict[str, float]:
+def collapse_metrics(train_features, train_labels, W, b, test_features=None, num_classes=None) -> dict[str, float]:
     """Every metric of Figs. 2-7, keyed by the cube's variable names (ncc_mismatch is NaN without a test set).
 
     Accepts torch tensors or numpy arrays; computes in float64 on the features' device."""
@@ -272,7 +271,7 @@ def collapse_metrics(train_features, train_labels, W, b, test_features=None, tes
     if test_features is not None:
         n_test = len(test_features)
         mismatch = ncc_disagreements(test_features, W, b, m.class_means) / n_test if n_test else math.nan
-    return metrics_from_moments(m, W, b, mismatch)
+    return metrics_from_moments(m, W, mismatch)
 
 
 def nc1_from_within_cov(class_means, global_mean, within_cov_means) -> float:

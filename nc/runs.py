@@ -134,10 +134,12 @@ def run_part(params: dict, lr: float, parts_dir, dataset=None, progress: bool = 
 def merge_and_write(params: dict, cube_path: Path, parts_dir: Path, keep_checkpoints: bool = False) -> Path:
     """Merge the finished parts of every (lr, run seed) into the validated cube (atomically); then, unless
     keep_checkpoints, delete each part's checkpoint (final weights and optimizer state), which nothing reads any
-    more."""
+    more. The parts' progress files (a running job's status) go in any case."""
     jobs = [(lr, seed) for lr in params["lrs"] for seed in params_mod.run_seeds(params)]
     ds = cube.merge([cube.open_cube(part_path(parts_dir, lr, seed)) for lr, seed in jobs])
     cube.write(cube.validate(ds), cube_path)
+    for lr, seed in jobs:
+        progress_mod.path_for(part_path(parts_dir, lr, seed)).unlink(missing_ok=True)
     if not keep_checkpoints:
         for lr, seed in jobs:
             ckpt = checkpoint_path(parts_dir, lr, seed)

@@ -90,7 +90,7 @@ def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dic
     test_acc = eval_pass(model, data.test, bs, on_test)
     disagreements = ddp.sum_ints([sum(disagree)])[0]
     ddp.merge_accumulator(test_moments)
-    values = measure.metrics_from_moments(moments, W, b, disagreements / max(1, len(data.test)))
+    values = measure.metrics_from_moments(moments, W, disagreements / max(1, len(data.test)))
     values.update(followups.followup_metrics(moments, W, test_moments.finalize() if len(data.test) else None))
     values.update(loss_terms(moments, W, b, params))
     values.update(imbalance.group_metrics(moments.class_means, moments.global_mean, W, minority(C)))

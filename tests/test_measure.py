@@ -59,7 +59,7 @@ def test_exact_etf_with_planted_noise(C, p, n):
     W = 0.3 * M.T
     b = -0.3 * M.T @ mu_G  # Theorem 1's bias: the classifier equals nearest-class-mean
     test_h, _ = planted_features(M, mu_G, A, 5, rng)
-    out = measure.collapse_metrics(h, y, W, b, test_h, None, C)
+    out = measure.collapse_metrics(h, y, W, b, test_h, C)
     assert set(out) == set(measure.METRICS)
     assert out["nc1"] == pytest.approx(nc1_closed_form(M, A), rel=1e-10)
     for key in ("equinorm_means", "equinorm_classifiers", "equiangular_means", "equiangular_classifiers",
@@ -113,7 +113,7 @@ def test_orthogonal_classifier_and_biased_mismatch():
     b = np.zeros(C)
     b[0] = 1e6
     test_h = M.T.copy()  # one test feature at each class mean
-    out = measure.collapse_metrics(h, y, W, b, test_h, np.arange(C))
+    out = measure.collapse_metrics(h, y, W, b, test_h)
     assert abs(out["equiangular_classifiers"]) < 1e-12
     assert out["maxangle_classifiers"] == pytest.approx(1 / (C - 1), rel=1e-12)
     assert out["ncc_mismatch"] == pytest.approx((C - 1) / C, abs=0)
@@ -182,7 +182,6 @@ def test_streaming_equals_all_at_once():
     M = simplex_etf(p, C, 4.0, rng)
     h, y = planted_features(M, rng.standard_normal(p) * 10, rng.standard_normal((p, 8)) * 0.01, n, rng)
     W = M.T + 0.01 * rng.standard_normal((C, p))
-    b = rng.standard_normal(C)
     acc = measure.CollapseAccumulator(C, p)
     for i in range(0, len(y), 37):
         acc.update(torch.tensor(h[i:i + 37]), torch.tensor(y[i:i + 37]))
@@ -192,8 +191,8 @@ def test_streaming_equals_all_at_once():
     assert streamed.within_trace == pytest.approx(direct.within_trace, rel=1e-10)
     np.testing.assert_allclose(streamed.class_means, direct.class_means, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(streamed.within_cov_means, direct.within_cov_means, rtol=1e-9, atol=1e-14)
-    a = measure.metrics_from_moments(streamed, W, b)
-    d = measure.metrics_from_moments(direct, W, b)
+    a = measure.metrics_from_moments(streamed, W)
+    d = measure.metrics_from_moments(direct, W)
     for k in measure.METRICS[:-1]:
         assert a[k] == pytest.approx(d[k], rel=1e-10, abs=1e-14), k
     # NC1 recomputed from the stored C x C geometry alone

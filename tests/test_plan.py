@@ -47,3 +47,22 @@ def test_flops_agree_with_torchvisions_published_operation_counts(network, weigh
     cost = plan.network_cost(p)
     published = getattr(tvm, weights).IMAGENET1K_V1.meta["_ops"]  # GFLOPS as torchvision counts them: multiply-adds
     assert cost["flops"] / 2 / 1e9 == pytest.approx(published, rel=0.01)
+
+
+def test_the_plan_command_prints_per_job_costs_and_the_total(capsys):
+    from nc import sweep
+
+    sweep.main([str(ROOT / "parameters" / "paper"), "--plan", "--only", "mnist-vgg11", "imagenet-vgg19", "--gpu",
+                "H100"])
+    out = capsys.readouterr().out
+    assert "| imagenet-vgg19 | 10 | 8 |" in out and "| mnist-vgg11 | 25 | 1 |" in out  # 8 GPUs from _executor.yaml
+    assert "GPU-hours" in out and "H100" in out
+
+
+def test_an_unknown_profile_is_named():
+    from nc import book, sweep
+
+    with pytest.raises(SystemExit, match="no profile folder .*nowhere"):
+        sweep.main([str(ROOT / "parameters" / "nowhere")])
+    with pytest.raises(SystemExit, match=r"no profile 'nowhere': parameters/nowhere/ does not exist \(profiles: demo"):
+        book.main(["build", "nowhere"])

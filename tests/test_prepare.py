@@ -213,3 +213,27 @@ def test_clear_errors(tmp_path, monkeypatch):
     assert not (tmp_path / "e").exists()
     with pytest.raises(StoreUnavailable, match=r"no prepared store .*python -m nc.prepare imagenet"):
         open_store(tmp_path / "d")
+
+
+def test_a_torchvision_network_trains_on_a_prepared_store_into_a_valid_cube(prepared, tmp_path):
+    """The paper profile's ImageNet path end to end, tiny: the generated ImageFolder's store at 64 px streams
+    (DataLoader workers) into 2 epochs of torchvision's ResNet18 with its ImageNet stem, and a valid cube comes out."""
+    from nc import cube, params, runs
+
+    _, store = prepared
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        p = params.validate({"dataset": "imagenet", "network": "resnet18", "stem": "imagenet", "image_size": SIZE,
+                             "data_source": "store", "store_dir": str(store), "n_per_class": N_PICK, "width": 0.125,
+                             "epochs": 2, "lrs": [0.05], "batch_size": 8, "snapshot_epochs": [1, 2],
+                             "robustness_images": 2, "fig1_classes": 2, "fig1_samples": 2, "device": "cpu",
+                             "tpt_threshold": 0.996}, "imagenet-resnet18.yaml")
+        p.update(name="imagenet-resnet18", profile="test")
+        ds = cube.validate(cube.open_cube(runs.run(p, tmp_path, progress=False)))
+    finally:
+        torch.set_num_threads(threads)
+    assert ds.attrs["data_source"] == f"store:{store}" and ds.attrs["image_shape"] == str((3, SIZE, SIZE))
+    assert ds.attrs["n_train"] == N_PICK * len(CLASSES) and ds.attrs["n_test"] == N_VAL * len(CLASSES)
+    assert ds["status"].values[0] == "complete" and np.isfinite(ds["nc1"].dropna("epoch").values).all()
+    assert ds["layer_name"].values[0] == "stem" and ds.sizes["layer"] > 4  # the per-block pass streamed too
