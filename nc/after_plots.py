@@ -14,26 +14,28 @@ RUN_COLOURS = (BLUE, ORANGE, "#2ca02c", "#9467bd")
 
 
 def depth_figure(cells_depth: list[dict]):
-    """Per cell: NC1 at each block (log) with one line per recorded epoch, and the NCC accuracies at each block."""
+    """Per cell (one row each): NC1 at each block (log) with one line per recorded epoch, and the NCC accuracies
+    at each block."""
     n = max(1, len(cells_depth))
-    fig, axes = plt.subplots(2, n, figsize=(5.2 * n, 6.4), squeeze=False)
+    fig, axes = plt.subplots(n, 2, figsize=(10, 3.3 * n), squeeze=False)
     for j, d in enumerate(cells_depth):
         x = np.arange(1, len(d["layer_names"]) + 1)
-        top, bottom = axes[0, j], axes[1, j]
+        left, right = axes[j, 0], axes[j, 1]
         for k, stage in enumerate(d["stages"]):
             if not np.isfinite(d["epochs"][k]):
                 continue
             label = f"{stage} (epoch {d['epochs'][k]:.0f})"
-            top.semilogy(x, d["nc1"][k], "o-", color=STAGE_COLOURS[stage], ms=3, label=label)
-            bottom.plot(x, d["ncc_acc_train"][k], "o-", color=STAGE_COLOURS[stage], ms=3, label=f"{stage}, train")
-            bottom.plot(x, d["ncc_acc_test"][k], "s--", color=STAGE_COLOURS[stage], ms=3, lw=0.9)
+            left.semilogy(x, d["nc1"][k], "o-", color=STAGE_COLOURS[stage], ms=3, label=label)
+            right.plot(x, d["ncc_acc_train"][k], "o-", color=STAGE_COLOURS[stage], ms=3, label=f"{stage}, train")
+            right.plot(x, d["ncc_acc_test"][k], "s--", color=STAGE_COLOURS[stage], ms=3, lw=0.9)
         rho, r2 = d["rho"][-1], d["r2"][-1]
-        top.set_title(f"{d['dataset']} × {d['network']}\nlast: rho = {rho:.3g} per block, R² = {r2:.2f}", fontsize=10)
-        top.set_ylabel("NC1 of the block")
-        top.legend(fontsize=7)
-        bottom.set_ylabel("NCC accuracy (solid train, dashed test)")
-        bottom.set_xticks(x, d["layer_names"], rotation=60, fontsize=7)
-        top.set_xticks(x, [])
+        left.set_title(f"{d['dataset']} × {d['network']}: last snapshot rho = {rho:.3g} per block, R² = {r2:.2f}",
+                       fontsize=10, loc="left")
+        left.set_ylabel("NC1 of the block")
+        left.legend(fontsize=8)
+        right.set_ylabel("NCC accuracy\n(solid train, dashed test)")
+        for ax in (left, right):
+            ax.set_xticks(x, d["layer_names"], rotation=60, fontsize=7, ha="right")
     fig.tight_layout()
     return fig
 
