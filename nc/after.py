@@ -170,8 +170,14 @@ def followup_runs(followups_dir) -> dict[str, xr.Dataset]:
         lr = ds.attrs["selected_lr"]
         sel = ds.sel(lr=lr) if np.isfinite(lr) else ds.isel(lr=0)
         sel.attrs["params"] = yaml.safe_load(ds.attrs["parameters"])
+        sel.attrs["run_name"] = path.stem
         runs[path.stem] = sel
     return runs
+
+
+def _names(*runs) -> str:
+    """The parameter-file names of the runs a verdict reads, for its table's run column."""
+    return " vs ".join(ds.attrs.get("run_name", "?") for ds in runs if ds is not None)
 
 
 def _series(ds: xr.Dataset, name: str) -> xr.DataArray:
@@ -205,31 +211,34 @@ def followup_claims(runs: dict) -> list[dict]:
     rows = []
     d = _drop(mse) if mse is not None else np.nan
     rows.append(verdict_row("mse", "mse_collapse", bool(d >= TEN) if np.isfinite(d) else None,
-                            f"NC1 ÷{d:.3g}" if np.isfinite(d) else "not trained"))
+                            f"NC1 ÷{d:.3g}" if np.isfinite(d) else "not trained", _names(mse)))
     if mse is not None:
         perp = _series(mse, "mse_perp_term")
         total = sum(_series(mse, k) for k in ("mse_nc1_term", "mse_nc23_term", "mse_perp_term"))
         share = float(perp[-1] / total[-1])
-        rows.append(verdict_row("mse", "central_path", bool(share < 0.1), f"L⊥ is {100 * share:.2g}% of the loss"))
+        rows.append(verdict_row("mse", "central_path", bool(share < 0.1), f"L⊥ is {100 * share:.2g}% of the loss",
+                                _names(mse)))
     else:
         rows.append(verdict_row("mse", "central_path", None, "not trained"))
     if etf is not None and base is not None:
         gap = 100 * (float(_series(base, "test_acc")[-1]) - float(_series(etf, "test_acc")[-1]))
         held = bool(abs(gap) <= 1.0 and _drop(etf) >= TEN)
         rows.append(verdict_row("fixed_etf", "fixed_etf", held, f"test accuracy learned − fixed = {gap:+.2f} points; "
-                                f"fixed-ETF NC1 ÷{_drop(etf):.3g}"))
+                                f"fixed-ETF NC1 ÷{_drop(etf):.3g}", _names(base, etf)))
     else:
         rows.append(verdict_row("fixed_etf", "fixed_etf", None, "not trained"))
     if wd0 is not None and base is not None:
         a, b = float(_series(base, "nc1")[-1]), float(_series(wd0, "nc1")[-1])
-        rows.append(verdict_row("weight_decay", "weight_decay", bool(a < b), f"NC1 {a:.3g} with, {b:.3g} without"))
+        rows.append(verdict_row("weight_decay", "weight_decay", bool(a < b), f"NC1 {a:.3g} with, {b:.3g} without",
+                                _names(base, wd0)))
     else:
         rows.append(verdict_row("weight_decay", "weight_decay", None, "not trained"))
     by_r = minority_by_ratio(runs)
     if len(by_r) == 3:
         v = [by_r[r] for r in sorted(by_r)]
         rows.append(verdict_row("imbalance", "minority_collapse", bool(v[0] < v[1] < v[2]),
-                                ", ".join(f"R={r:g}: {by_r[r]:.3f}" for r in sorted(by_r))))
+                                ", ".join(f"R={r:g}: {by_r[r]:.3f}" for r in sorted(by_r)),
+                                _names(*(ds for _, ds in runs_by_ratio(runs)))))
     else:
         rows.append(verdict_row("imbalance", "minority_collapse", None, "not trained"))
     return rows

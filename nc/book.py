@@ -153,18 +153,21 @@ def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False, onl
             "cube is current; executing its run page" if cube_current else "training and measuring"), flush=True)
         if not current:
             jobs.append({"source": BOOK / "train.md", "out": page, "log": True, "name": p["name"],
-                         "title": f"Run: {p['dataset']} × {p['network']}", "trains": not cube_current,
+                         "title": f"Run: {p['name']}", "trains": not cube_current,
                          "parameters": {"param_file": _rel(f), "cube_dir": _rel(cubes),
                                         "keep_checkpoints": keep_checkpoints}})
         pages.append({"name": p["name"], "page": page})
     parallel = max(1, min(parallel or usable_cores(), len(jobs) or 1))
     for job in jobs:
         job["parameters"]["threads"] = max(1, usable_cores() // parallel)
-    t0 = time.perf_counter()
+    job_seconds = []
 
     def report(job, seconds, done):
+        # ETA: the mean time of a finished page times the pages left, shared by the parallel slots
+        job_seconds.append(seconds)
         left = len(jobs) - done
-        eta = f"; at the pace so far about {fmt((time.perf_counter() - t0) / done * left)} left" if left else ""
+        pace = sum(job_seconds) / len(job_seconds) * left / min(parallel, left) if left else 0.0
+        eta = f"; at the pace so far about {fmt(pace)} left" if left else ""
         print(f"  {job['name']}: {'trained and measured' if job['trains'] else 'page executed'} in "
               f"{fmt(seconds)} ({done}/{len(jobs)}){eta}", flush=True)
 

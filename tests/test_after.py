@@ -87,6 +87,10 @@ def test_followup_claims_read_the_runs_and_say_what_is_missing(followups, tmp_pa
     assert set(rows) == {c for page in ("mse", "fixed_etf", "weight_decay", "imbalance")
                          for c, *_ in after.CLAIMS[page]}
     assert all(r["held"] in (True, False) for r in rows.values())  # every run is there: every claim checkable
+    assert rows["mse_collapse"]["cell"] == "demo-vgg11-mse"  # each verdict names the runs it read
+    assert rows["fixed_etf"]["cell"] == "demo-vgg11-ce vs demo-vgg11-fixed-etf"
+    assert rows["minority_collapse"]["cell"].split(" vs ") == ["demo-vgg11-ce", "demo-vgg11-imbalance10",
+                                                               "demo-vgg11-imbalance100"]
     by_r = after.minority_by_ratio(got)
     assert sorted(by_r) == [1.0, 10.0, 100.0]
     for r, ds in after.runs_by_ratio(got):
