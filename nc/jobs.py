@@ -124,7 +124,8 @@ def die_with_parent(sig: int, parent: int) -> None:
 @contextlib.contextmanager
 def jobs_in_own_process_groups():
     """While inside, submitit's LocalExecutor starts each job's controller as the leader of a new process group
-    (its task joins it), with PR_SET_PDEATHSIG=SIGINT: it stops its task when the driver dies, even by SIGKILL.
+    (its task joins it), with SIGINT and SIGTERM at their defaults and PR_SET_PDEATHSIG=SIGINT: it stops its task
+    when the driver dies, even by SIGKILL, whatever signals the driver was started ignoring.
     submitit has no option for either, so its module's `subprocess` is replaced for the duration."""
     from submitit.local import local as submitit_local
 
@@ -132,9 +133,13 @@ def jobs_in_own_process_groups():
     if sys.platform.startswith("linux"):
         _libc()  # loaded here, not in the forked child
 
+    def controller_setup():  # in the forked child, before exec
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a nohup'd or backgrounded driver ignores SIGINT; its jobs
+            signal.signal(sig, signal.SIG_DFL)      # must not, or neither cancel nor the driver's death stops them
+        die_with_parent(signal.SIGINT, driver)
+
     def popen(*args, **kwargs):
-        return subprocess.Popen(*args, process_group=0, preexec_fn=lambda: die_with_parent(signal.SIGINT, driver),
-                                **kwargs)
+        return subprocess.Popen(*args, process_group=0, preexec_fn=controller_setup, **kwargs)
 
     original = getattr(submitit_local, "subprocess", None)
     if original is not subprocess:  # another submitit: leave it alone (the jobs are still cancelled and waited for)
