@@ -166,8 +166,8 @@ def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False, onl
         # ETA: the mean time of a finished page times the pages left, shared by the parallel slots
         job_seconds.append(seconds)
         left = len(jobs) - done
-        pace = sum(job_seconds) / len(job_seconds) * left / min(parallel, left) if left else 0.0
-        eta = f"; at the pace so far about {fmt(pace)} left" if left else ""
+        eta = (f"; at the pace so far about {fmt(sum(job_seconds) / len(job_seconds) * left / min(parallel, left))} "
+               "left" if left else "")
         print(f"  {job['name']}: {'trained and measured' if job['trains'] else 'page executed'} in "
               f"{fmt(seconds)} ({done}/{len(jobs)}){eta}", flush=True)
 

@@ -121,6 +121,14 @@ def die_with_parent(sig: int, parent: int) -> None:
         os._exit(128 + int(sig))
 
 
+def default_stop_signals() -> None:
+    """SIGINT and SIGTERM back at their defaults, as a shell's foreground command has them: for a child about to
+    exec, whatever its parent ignores (a nohup'd or backgrounded process ignores SIGINT, and so would its child,
+    which neither a cancel nor a Ctrl-C would then stop)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def jobs_in_own_process_groups():
     """While inside, submitit's LocalExecutor starts each job's controller as the leader of a new process group
@@ -134,8 +142,7 @@ def jobs_in_own_process_groups():
         _libc()  # loaded here, not in the forked child
 
     def controller_setup():  # in the forked child, before exec
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a nohup'd or backgrounded driver ignores SIGINT; its jobs
-            signal.signal(sig, signal.SIG_DFL)      # must not, or neither cancel nor the driver's death stops them
+        default_stop_signals()
         die_with_parent(signal.SIGINT, driver)
 
     def popen(*args, **kwargs):

@@ -140,8 +140,7 @@ def merge_and_write(params: dict, cube_path: Path, parts_dir: Path, keep_checkpo
     cube.write(cube.validate(ds), cube_path)
     for lr, seed in jobs:
         progress_mod.path_for(part_path(parts_dir, lr, seed)).unlink(missing_ok=True)
-    if not keep_checkpoints:
-        for lr, seed in jobs:
+        if not keep_checkpoints:
             ckpt = checkpoint_path(parts_dir, lr, seed)
             for f in (ckpt, ckpt.with_suffix(".key")):
                 f.unlink(missing_ok=True)

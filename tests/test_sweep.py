@@ -360,11 +360,6 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-def _default_stop_signals():
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_DFL)
-
-
 @pytest.fixture
 def long_sweep(tmp_path):
     """A driver (its own session, as a shell starts one) running one job of 100,000 epochs, once the job is in
@@ -378,11 +373,10 @@ def long_sweep(tmp_path):
     (profile / "_executor.yaml").write_text(yaml.safe_dump({"local": {"parallel": 1, "threads": 1}}))
     log = tmp_path / "driver.log"
     with open(log, "wb") as out:
-        # SIGINT and SIGTERM at their defaults in the driver, as a shell's foreground command has them, whatever
-        # this process inherited (a nohup'd or backgrounded parent ignores SIGINT, and the child would too)
+        # the driver with SIGINT and SIGTERM at their defaults, whatever this process inherited
         driver = subprocess.Popen([sys.executable, "-m", "nc.sweep", str(profile), "--cube-dir", str(cubes)],
                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                  preexec_fn=_default_stop_signals)
+                                  preexec_fn=jobs.default_stop_signals)
     logs = str(cubes / "logs")
     p = params.load(profile / "demo-vgg11.yaml")
     record = jobs.record_path(sweep.Job(p, 0.05, runs.paths(p, cubes)[1]))
