@@ -15,8 +15,9 @@ import xarray as xr
 import yaml
 
 from nc import cube
+from nc.analysis import runs as cell_seed_runs
 from nc.analysis import tpt_change
-from nc.profile import cells
+from nc.profile import seed_runs
 
 FOLLOWUPS = "followups"  # the profile whose runs the follow-up pages read
 FILL_COMMAND = "nox -s reproduce -- followups"
@@ -89,10 +90,12 @@ def _reached(ch: dict) -> bool:
 
 
 def grid_claims(profile: xr.Dataset) -> list[dict]:
-    """The CDNV, test-collapse and ETF-error claims in every cell of a profile's grid."""
+    """The CDNV, test-collapse and ETF-error claims in every cell of a profile's grid, seed by seed (a row per
+    cell and run seed, each at the lr selected for it)."""
     rows = []
-    for _, _, c in cells(profile):
-        name = f"{c['dataset'].values} × {c['network_name'].values}"
+    for _, _, cell, seed, c in cell_seed_runs(profile):
+        name = f"{cell['dataset'].values} × {cell['network_name'].values}" + (
+            f", seed {seed}" if len(seed_runs(cell)) > 1 else "")
         ch = {v: tpt_change(c, v) for v in ("cdnv_train", "cdnv_test", "nc1_test", "nc1", "etf_error_means",
                                              "etf_error_classifiers", "classifier_mean_alignment")}
         t = ch["cdnv_train"]
@@ -117,16 +120,16 @@ def grid_claims(profile: xr.Dataset) -> list[dict]:
 
 
 def depth_cells(cube_dir) -> list[dict]:
-    """Per current cube of a folder, its selected lr's collapse by depth: {name, layer_names, layer_widths,
-    stages, epochs, nc1, trace_ratio, ncc_acc_train, ncc_acc_test (stage x layer), rho, r2 (stage), classes}."""
+    """Per current cube of a folder, the collapse by depth of its first run seed at its selected lr: {name,
+    layer_names, layer_widths, stages, epochs, nc1, trace_ratio, ncc_acc_train, ncc_acc_test (stage x layer), rho,
+    r2 (stage), classes}."""
     out = []
     for path in sorted(Path(cube_dir).glob("*.nc")):
         try:
             with xr.open_dataset(path, engine="netcdf4") as ds:
                 if cube.stale_reason(ds) or "depth_nc1" not in ds or ds.sizes.get("layer", 0) == 0:
                     continue
-                lr = ds.attrs["selected_lr"]
-                sel = ds.sel(lr=lr) if np.isfinite(lr) else ds.isel(lr=0)
+                sel = cube.selected(ds)  # the first run seed at its selected lr
                 out.append({"name": path.stem, "dataset": ds.attrs["dataset"], "network": ds.attrs["network"],
                             "classes": int(ds.sizes["class"]), "layer_names": ds["layer_name"].values.tolist(),
                             "layer_widths": ds["layer_width"].values.tolist(),
@@ -157,8 +160,8 @@ def depth_claims(cells_depth: list[dict]) -> list[dict]:
 
 
 def followup_runs(followups_dir) -> dict[str, xr.Dataset]:
-    """The follow-up runs' cubes (current ones only) at their selected lr, keyed by parameter file name, each with
-    its parameters as attrs['params'] (a dict)."""
+    """The follow-up runs' cubes (current ones only), the first run seed at its selected lr, keyed by parameter
+    file name, each with its parameters as attrs['params'] (a dict)."""
     runs = {}
     for path in sorted(Path(followups_dir).glob("*.nc")):
         try:
@@ -167,8 +170,7 @@ def followup_runs(followups_dir) -> dict[str, xr.Dataset]:
             continue
         if cube.stale_reason(ds):
             continue
-        lr = ds.attrs["selected_lr"]
-        sel = ds.sel(lr=lr) if np.isfinite(lr) else ds.isel(lr=0)
+        sel = cube.selected(ds)  # the first run seed at its selected lr
         sel.attrs["params"] = yaml.safe_load(ds.attrs["parameters"])
         sel.attrs["run_name"] = path.stem
         runs[path.stem] = sel

@@ -5,6 +5,10 @@ Rows returned here use `dataset` for the paper's column (demo -> mnist), `datase
 `family` for the paper's row (vgg / resnet / densenet) and `network` for the exact network (vgg11, ...).
 The TPT start snapshot is the first snapshot at or after tpt_epoch (the first epoch with eval-mode train accuracy
 at the threshold); Table 1 uses the test accuracy at tpt_epoch exactly (it is measured every epoch).
+
+With several run seeds, every table has a row per (cell, seed) with the `seed` (each seed at the lr selected for
+it), every claim is checked per seed and reported per cell as "held in k of n seeds" (`claims`), and summaries over
+cells take each cell's median over its seeds first (`improvement_summary`).
 """
 from __future__ import annotations
 
@@ -13,18 +17,26 @@ import xarray as xr
 
 from nc import models
 from nc.data import DATASETS
-from nc.profile import cells, snapshot_series
+from nc.profile import cells, seed_runs, snapshot_series
 
 
-def _names(col: str, row: str, c: xr.Dataset) -> dict:
+def _names(col: str, row: str, c: xr.Dataset, seed: int | None = None) -> dict:
     return {"dataset": col, "dataset_name": str(c["dataset"].values), "family": row,
-            "network": str(c["network_name"].values)}
+            "network": str(c["network_name"].values), "seed": seed,
+            "selected_lr": None if seed is None else float(c["selected_lr"].sel(seed=seed))}
+
+
+def runs(profile: xr.Dataset):
+    """(column, row, cell, seed, that seed's run) for every run seed of every cell with a run, in the paper's order."""
+    for col, row, c in cells(profile):
+        for seed, run in seed_runs(c):
+            yield col, row, c, seed, run
 
 
 def tpt_change(c: xr.Dataset, name: str) -> dict:
-    """A snapshot variable of one cell at the first snapshot, at the TPT start (the first snapshot at or after
-    tpt_epoch) and at the last snapshot. `at_tpt` is NaN when the TPT was never reached (or no snapshot follows
-    it); `tpt_snapshot` is then None."""
+    """A snapshot variable of one run (one cell, one seed) at the first snapshot, at the TPT start (the first
+    snapshot at or after tpt_epoch) and at the last snapshot. `at_tpt` is NaN when the TPT was never reached (or no
+    snapshot follows it); `tpt_snapshot` is then None."""
     s = snapshot_series(c, name)
     tpt = float(c["tpt_epoch"])
     out = {"tpt_epoch": tpt, "tpt_snapshot": None, "first": np.nan, "at_tpt": np.nan, "last": np.nan,
@@ -40,12 +52,12 @@ def tpt_change(c: xr.Dataset, name: str) -> dict:
 
 
 def change_table(profile: xr.Dataset, name: str) -> list[dict]:
-    """Per cell with a run: `name` at the first snapshot, the TPT start and the last snapshot (tpt_change)."""
+    """Per (cell, seed) with a run: `name` at the first snapshot, the TPT start and the last snapshot (tpt_change)."""
     rows = []
-    for col, row, c in cells(profile):
-        ch = tpt_change(c, name)
+    for col, row, c, seed, run in runs(profile):
+        ch = tpt_change(run, name)
         if ch["last_epoch"] is not None:
-            rows.append({**_names(col, row, c), **ch})
+            rows.append({**_names(col, row, c, seed), **ch})
     return rows
 
 
@@ -55,25 +67,30 @@ def improvements(profile: xr.Dataset, name: str) -> list[dict]:
             for r in change_table(profile, name)]
 
 
-def improvement_summary(values) -> dict:
-    """Median and mean of the improvements that exist (None / NaN dropped) and how many there are."""
-    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+def improvement_summary(rows: list[dict]) -> dict:
+    """Median and mean over cells of the improvements that exist (None / NaN dropped), each cell first reduced to
+    the median over its seeds, and how many cells there are (n)."""
+    by_cell = {}
+    for r in rows:
+        if r["improvement"] is not None and np.isfinite(r["improvement"]):
+            by_cell.setdefault((r["dataset"], r["family"]), []).append(r["improvement"])
+    v = np.array([np.median(x) for x in by_cell.values()], dtype=np.float64)
     return {"n": int(v.size), "median": float(np.median(v)) if v.size else np.nan,
             "mean": float(v.mean()) if v.size else np.nan}
 
 
 def accuracy_table(profile: xr.Dataset) -> list[dict]:
-    """Table 1 for this profile: per cell with a run, the test accuracy (%) of the selected lr at the TPT start
-    epoch exactly and at the last epoch, and the improvement in percentage points (None if no TPT)."""
+    """Table 1 for this profile: per (cell, seed) with a run, the test accuracy (%) at the seed's selected lr at the
+    TPT start epoch exactly and at the last epoch, and the improvement in percentage points (None if no TPT)."""
     rows = []
-    for col, row, c in cells(profile):
-        acc = c["test_acc"].dropna("epoch")
+    for col, row, c, seed, run in runs(profile):
+        acc = run["test_acc"].dropna("epoch")
         if acc.size == 0:
             continue
-        tpt = float(c["tpt_epoch"])
+        tpt = float(run["tpt_epoch"])
         at_tpt = float(acc.sel(epoch=int(tpt))) * 100 if np.isfinite(tpt) and int(tpt) in acc["epoch"] else None
         last = float(acc[-1]) * 100
-        rows.append({**_names(col, row, c), "tpt_epoch": int(tpt) if np.isfinite(tpt) else None,
+        rows.append({**_names(col, row, c, seed), "tpt_epoch": int(tpt) if np.isfinite(tpt) else None,
                      "last_epoch": int(acc["epoch"][-1]), "at_tpt": at_tpt, "at_last": last,
                      "improvement": None if at_tpt is None else last - at_tpt})
     return rows
@@ -124,7 +141,8 @@ def _table1_claim(c: xr.Dataset) -> tuple[bool | None, str, dict]:
 
 
 def claim(figure: str, c: xr.Dataset) -> tuple[bool | None, str, dict]:
-    """(held, cell text, numbers) for one figure's claim in one cell; held None when it cannot be checked."""
+    """(held, cell text, numbers) for one figure's claim in one run (a cell, one seed); held None when it cannot be
+    checked."""
     if figure == "table1":
         return _table1_claim(c)
     names, _ = CLAIMS[figure]
@@ -153,13 +171,33 @@ def claim(figure: str, c: xr.Dataset) -> tuple[bool | None, str, dict]:
     return bool(held), text, numbers
 
 
+VERDICTS = ("held", "some", "not held", "not checkable")  # in all checkable seeds, in some, in none; none checkable
+
+
+def verdict(k: int, n: int) -> str:
+    """The cell's verdict from k seeds that held out of n checkable ones."""
+    return "not checkable" if n == 0 else "held" if k == n else "not held" if k == 0 else "some"
+
+
 def claims(profile: xr.Dataset) -> list[dict]:
-    """Did each figure's claim hold in each cell with a run? One dict per (figure, cell): figure, dataset
-    (column), family (row), network, held (True / False / None = not checkable, e.g. TPT never reached),
-    text (the numbers, for the table) and numbers. The rules are CLAIMS[figure][1]."""
+    """Did each figure's claim hold in each cell with a run, seed by seed? One dict per (figure, cell): figure,
+    dataset (column), family (row), network, k (seeds where it held), n (seeds where it could be checked),
+    n_seeds, verdict (VERDICTS), held (True: in every checkable seed, False: not in every one, None: not
+    checkable, e.g. TPT never reached), text (the numbers of a one-seed cell; the per-seed verdicts otherwise) and
+    per_seed [{seed, held, text, numbers}]. The rules are CLAIMS[figure][1]."""
     out = []
     for figure in CLAIMS:
         for col, row, c in cells(profile):
-            held, text, numbers = claim(figure, c)
-            out.append({"figure": figure, **_names(col, row, c), "held": held, "text": text, "numbers": numbers})
+            per_seed = [dict(zip(("seed", "held", "text", "numbers"), (seed, *claim(figure, run))))
+                        for seed, run in seed_runs(c)]
+            held = [r["held"] for r in per_seed]
+            k, n = held.count(True), len(held) - held.count(None)
+            if len(per_seed) == 1:
+                text = per_seed[0]["text"]
+            else:
+                marks = " ".join(f"{r['seed']}{({True: '✓', False: '✗', None: '–'})[r['held']]}" for r in per_seed)
+                text = f"in {k} of {n} seeds\n{marks}"
+            out.append({"figure": figure, **_names(col, row, c), "k": k, "n": n, "n_seeds": len(per_seed),
+                        "verdict": verdict(k, n), "held": None if n == 0 else k == n, "text": text,
+                        "per_seed": per_seed, "numbers": per_seed[0]["numbers"]})
     return out

@@ -131,10 +131,12 @@ def execute_all(jobs: list[dict], parallel: int, report=None) -> None:
 
 
 def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False, only=None,
-              runs_folder: str = "runs", parallel: int | None = None, keep_checkpoints: bool = False) -> list[dict]:
+              runs_folder: str = "runs", parallel: int | None = None, keep_checkpoints: bool = False,
+              seeds: int | None = None) -> list[dict]:
     """Execute book/train.md for every parameter file in `parameters` (cubes into `cubes`, executed pages
     into `out`/<runs_folder>), or for those `only` selects (params.select), `parallel` at a time (default: the
-    usable cores), each kernel with cores // parallel torch threads; prints progress with an ETA."""
+    usable cores), each kernel with cores // parallel torch threads; prints progress with an ETA. seeds: run
+    seeds 0..seeds-1 instead of each file's `seeds`."""
     from nc import runs
 
     files = params_mod.profile_files(parameters)
@@ -143,11 +145,11 @@ def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False, onl
     files = params_mod.select(files, only)
     pages, jobs = [], []
     for i, f in enumerate(files, 1):
-        p = params_mod.load(f)  # a bad file stops here, with its name and key
+        p = params_mod.with_seeds(params_mod.load(f), seeds)  # a bad file stops here, with its name and key
         cube_path, _ = runs.paths(p, cubes)
         page = out / runs_folder / f"{p['name']}.ipynb"
         cube_current = runs.is_current(cube_path, p) and not force
-        current = cube_current and page.is_file()
+        current = cube_current and page.is_file() and page.stat().st_mtime >= cube_path.stat().st_mtime
         print(f"[{i}/{len(files)}] {p['name']}: " + (
             "cube is current, not re-trained" if current else
             "cube is current; executing its run page" if cube_current else "training and measuring"), flush=True)
@@ -155,7 +157,7 @@ def train_all(parameters: Path, cubes: Path, out: Path, force: bool = False, onl
             jobs.append({"source": BOOK / "train.md", "out": page, "log": True, "name": p["name"],
                          "title": f"Run: {p['name']}", "trains": not cube_current,
                          "parameters": {"param_file": _rel(f), "cube_dir": _rel(cubes),
-                                        "keep_checkpoints": keep_checkpoints}})
+                                        "keep_checkpoints": keep_checkpoints, "seeds": seeds or 0}})
         pages.append({"name": p["name"], "page": page})
     parallel = max(1, min(parallel or usable_cores(), len(jobs) or 1))
     for job in jobs:
@@ -262,7 +264,8 @@ def main(argv=None) -> None:
             with jobs.sigterm_exits():  # a killed driver stops its jobs too (they resume on the next run)
                 sweep.run_profile(parameters, cubes, **cli.sweep_options(args))
         train_all(parameters, cubes, out, force=args.force, only=args.only,
-                  runs_folder=RUN_FOLDERS.get(args.profile, "runs"), keep_checkpoints=args.keep_checkpoints)
+                  runs_folder=RUN_FOLDERS.get(args.profile, "runs"), keep_checkpoints=args.keep_checkpoints,
+                  seeds=args.seeds)
     if shown != args.profile:
         print(f"the {args.profile} runs are shown in the {shown} book's pages", flush=True)
     figures(shown, cube_dir(shown), out, profile_dir(shown))

@@ -1,11 +1,13 @@
 """The NetCDF cube: one file per dataset x network x profile; its schema, merge, validation and atomic writes.
 
-Dimensions `lr` (the sweep) and `epoch` (1..E). Per-epoch variables (EPOCH_VARS) are dense; snapshot variables
-(SNAPSHOT_VARS) are NaN off the snapshot epochs. The geometry of the selected lr (class means, classifier, the
-within-class covariance seen through the class-mean span, Fig. 1 samples) lives on the `snapshot` dimension.
-Every variable carries `long_name`, `units` and `definition`. Parts (one lr each) merge into a cube by `merge`,
-a pure function of the parts; files are written to a temporary name and renamed, so a reader never sees a
-half-written cube, and a failed write keeps the old file.
+Dimensions `lr` (the sweep), `seed` (the run seeds: initialisation and batch order, on the same data) and `epoch`
+(1..E). Per-epoch variables (EPOCH_VARS) are dense; snapshot variables (SNAPSHOT_VARS) are NaN off the snapshot
+epochs. The lr is selected per seed (`selected_lr_by_seed`); the attribute `selected_lr` is the first seed's. The
+geometry of the first seed at its selected lr (class means, classifier, the within-class covariance seen through
+the class-mean span, Fig. 1 samples) lives on the `geometry` dimension. Every variable carries `long_name`,
+`units` and `definition`. Parts (one lr and seed each) merge into a cube by `merge`, a pure function of the parts;
+files are written to a temporary name and renamed, so a reader never sees a half-written cube, and a failed write
+keeps the old file.
 
 Every cube and part records FORMAT_VERSION. It is bumped whenever the meaning or the set of stored variables
 changes (a new metric, a changed convention or default); `stale_reason` reports an older file with the command
@@ -29,9 +31,11 @@ from nc.snapshot import DEPTH_STAGES
 
 # 1: the first cubes. 2: per-channel standardisation, eval-mode TPT (eval_train_acc dense), exactly N snapshots,
 # MultiStepLR milestones floor(f E), precision recorded, class-weighted mu_G, format_version itself; Part II:
-# CDNV, test-set NC1, trace ratio, ETF errors, alignment, collapse by depth (layer dim).
-FORMAT_VERSION = 2
-SELECTION_RULE = "highest test accuracy at the last epoch among complete runs (paper Section 2G)"
+# CDNV, test-set NC1, trace ratio, ETF errors, alignment, collapse by depth (layer dim). 3: the `seed` dimension
+# (run seeds; the lr selected per seed).
+FORMAT_VERSION = 3
+SELECTION_RULE = ("per run seed, the highest test accuracy at the last epoch among complete runs (paper Section 2G, "
+                  "applied to each seed)")
 STATUSES = ("complete", "diverged", "running")
 GEOMETRY_FLOAT64_MAX_BYTES = 64 * 2**20  # larger geometry is written as float32 (the ImageNet cells)
 GEOMETRY = ("class_means", "global_mean", "classifier_weight", "classifier_bias", "within_cov_means",
@@ -45,7 +49,7 @@ class Var(NamedTuple):
     definition: str
 
 
-LE = ("lr", "epoch")
+LE = ("lr", "seed", "epoch")
 EPOCH_VARIABLES = {
     "train_loss": Var(LE, "training loss", "nat",
                       "mean loss over the epoch's training batches (train mode, as trained): cross-entropy in nats, "
@@ -78,12 +82,13 @@ SNAPSHOT_VARIABLES = {
               "gives n/R images (the last floor(C/2)), the same groups on balanced runs; NaN off snapshot epochs")
        for k in imbalance.DEFINITIONS},
 }
-LSL = ("lr", "depth_stage", "layer")
+LS = ("lr", "seed")
+LSL = ("lr", "seed", "depth_stage", "layer")
 DEPTH_VARIABLES = {
     **{k: Var(LSL, depth.LONG_NAMES[k], depth.UNITS[k], depth.DEFINITIONS[k]) for k in depth.DEPTH_METRICS},
-    **{k: Var(("lr", "depth_stage"), depth.LONG_NAMES[k], depth.UNITS[k], depth.DEFINITIONS[k])
+    **{k: Var((*LS, "depth_stage"), depth.LONG_NAMES[k], depth.UNITS[k], depth.DEFINITIONS[k])
        for k in depth.DEPTH_FIT},
-    "depth_epoch": Var(("lr", "depth_stage"), "epoch of the depth measurement", "epoch",
+    "depth_epoch": Var((*LS, "depth_stage"), "epoch of the depth measurement", "epoch",
                        "depth_stage first: the first snapshot; tpt: the first epoch whose eval_train_acc reaches "
                        "tpt_threshold (NaN if never); last: the last snapshot"),
 }
@@ -91,18 +96,21 @@ EPOCH_VARS = tuple(EPOCH_VARIABLES)
 SNAPSHOT_VARS = tuple(SNAPSHOT_VARIABLES)
 VARIABLES = {
     **EPOCH_VARIABLES, **SNAPSHOT_VARIABLES, **DEPTH_VARIABLES,
-    "tpt_epoch": Var(("lr",), "start of the terminal phase of training", "epoch",
+    "tpt_epoch": Var(LS, "start of the terminal phase of training", "epoch",
                      "first epoch whose eval_train_acc >= tpt_threshold (99.9%; 99.6% for ImageNet); NaN if never"),
-    "status": Var(("lr",), "run status", "", "complete, diverged (a non-finite training loss) or running"),
-    "wall_time": Var(("lr",), "wall-clock time of training and measurement", "s", "sum over epochs"),
-    "epochs_done": Var(("lr",), "epochs finished", "epoch", "last epoch whose results are recorded"),
+    "status": Var(LS, "run status", "", "complete, diverged (a non-finite training loss) or running"),
+    "wall_time": Var(LS, "wall-clock time of training and measurement", "s", "sum over epochs"),
+    "selected_lr_by_seed": Var(("seed",), "learning rate selected for each run seed", "1",
+                               "the selection rule (lr_selection_rule) applied to each seed's runs; NaN when no "
+                               "run of the seed completed"),
+    "epochs_done": Var(LS, "epochs finished", "epoch", "last epoch whose results are recorded"),
     "snapshot_epoch": Var(("snapshot",), "epoch of the snapshot", "epoch", "epochs at which metrics are measured"),
     "geometry_epoch": Var(("geometry",), "epoch of the stored geometry", "epoch",
                           "the snapshot epochs whose geometry is kept: all of them unless that would exceed "
                           "nc.train.GEOMETRY_BUDGET_BYTES (ImageNet), then the first, the last, Fig. 1's and an even "
                           "spread of the others; float32 on disk when the float64 geometry would exceed 64 MiB"),
     "class_means": Var(("geometry", "class", "feature"), "train class means mu_c", "feature units",
-                       "Ave over train images of class c of h, eval mode, selected lr"),
+                       "Ave over train images of class c of h, eval mode, the first seed at its selected lr"),
     "global_mean": Var(("geometry", "feature"), "train global mean mu_G", "feature units",
                        "Ave_c mu_c, the mean of the class means (= Ave_i h_i on balanced classes), selected lr"),
     "classifier_weight": Var(("geometry", "class", "feature"), "last-layer classifier weights W", "1",
@@ -154,17 +162,18 @@ def _provenance() -> dict:
 
 
 def part(record: dict, params: dict, data_info: dict | None = None) -> xr.Dataset:
-    """One learning rate's results (and its geometry) as a Dataset with an `lr` dimension of length 1."""
+    """One (lr, run seed)'s results (and its geometry) as a Dataset with `lr` and `seed` dimensions of length 1."""
     E = params["epochs"]
     g = record["geometry"]
-    variables = {k: _var(k, v[None, :]) for k, v in {**record["epoch"], **record["snapshot"]}.items()}
+    one = lambda v: np.asarray(v)[None, None]
+    variables = {k: _var(k, one(v)) for k, v in {**record["epoch"], **record["snapshot"]}.items()}
     if params["loss"] == "mse":  # a mean squared error of logits against one-hot targets has no unit
         variables["train_loss"].attrs["units"] = "1"
     variables.update({
-        "tpt_epoch": _var("tpt_epoch", [record.get("tpt_epoch", np.nan)]),
-        "status": _var("status", np.array([record["status"]], dtype=object)),
-        "wall_time": _var("wall_time", [record["wall_time"]]),
-        "epochs_done": _var("epochs_done", [record["epochs_done"]]),
+        "tpt_epoch": _var("tpt_epoch", one(record.get("tpt_epoch", np.nan))),
+        "status": _var("status", one(np.array(record["status"], dtype=object))),
+        "wall_time": _var("wall_time", one(record["wall_time"])),
+        "epochs_done": _var("epochs_done", one(record["epochs_done"])),
         "snapshot_epoch": _var("snapshot_epoch", np.asarray(record["snapshot_epochs"])),
         "geometry_epoch": _var("geometry_epoch", np.asarray(record["geometry_epochs"])),
         **{k: _var(k, g[k]) for k in GEOMETRY},
@@ -173,11 +182,12 @@ def part(record: dict, params: dict, data_info: dict | None = None) -> xr.Datase
         "robustness_indices": _var("robustness_indices", np.asarray(record["robustness_indices"], dtype=np.int64)),
     })
     d = record["depth"]
-    variables.update({f"depth_{k}": _var(f"depth_{k}", d[k][None]) for k in depth.LAYER_KEYS})
-    variables.update({"depth_rho": _var("depth_rho", d["rho"][None]), "depth_r2": _var("depth_r2", d["r2"][None]),
-                      "depth_epoch": _var("depth_epoch", d["epoch"][None])})
+    variables.update({f"depth_{k}": _var(f"depth_{k}", one(d[k])) for k in depth.LAYER_KEYS})
+    variables.update({"depth_rho": _var("depth_rho", one(d["rho"])), "depth_r2": _var("depth_r2", one(d["r2"])),
+                      "depth_epoch": _var("depth_epoch", one(d["epoch"]))})
     C = g["class_means"].shape[1]
-    coords = {"lr": [record["lr"]], "epoch": np.arange(1, E + 1), "class": np.arange(C), "class_b": np.arange(C),
+    coords = {"lr": [record["lr"]], "seed": [int(record["seed"])], "epoch": np.arange(1, E + 1),
+              "class": np.arange(C), "class_b": np.arange(C),
               "fig1_class": np.asarray(record["fig1_classes"], dtype=np.int64), "depth_stage": list(DEPTH_STAGES),
               "layer": np.arange(len(d["layer_names"])),
               "layer_name": ("layer", np.asarray(d["layer_names"], dtype=str),
@@ -185,46 +195,65 @@ def part(record: dict, params: dict, data_info: dict | None = None) -> xr.Datase
               "layer_width": ("layer", np.asarray(d["layer_widths"], dtype=np.int64),
                               {"units": "features", "definition": depth.COORD_DEFINITIONS["layer_width"]})}
     attrs = {"dataset": params["dataset"], "network": params["network"], "profile": params.get("profile", ""),
-             "parameters": params_mod.to_yaml(params), "parameter_hash": params_mod.digest(params),
+             "parameters": params_mod.to_yaml(params), "parameter_hash": params_mod.run_digest(params),
              "tpt_threshold": params["tpt_threshold"], "format_version": FORMAT_VERSION,
              "precision": params["precision"], "standardize": params["standardize"],
              **(data_info or {}), **_provenance()}
     return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
-def select_lr(ds: xr.Dataset) -> float:
-    """The selected lr: best test accuracy at the last epoch among complete runs; NaN if none is complete."""
-    complete = ds["status"].values == "complete"
-    if not complete.any():
-        return float("nan")
-    last = ds["test_acc"].isel(epoch=-1).values
-    last = np.where(complete, last, -np.inf)
-    return float(ds["lr"].values[int(np.argmax(last))])
+def select_lrs(ds: xr.Dataset) -> np.ndarray:
+    """The selected lr of each run seed (in the order of ds.seed): its best test accuracy at the last epoch among
+    its complete runs; NaN for a seed with no complete run."""
+    complete = ds["status"].transpose("lr", "seed").values == "complete"
+    last = np.where(complete, ds["test_acc"].isel(epoch=-1).transpose("lr", "seed").values, -np.inf)
+    best = ds["lr"].values[np.argmax(last, axis=0)].astype(np.float64)
+    return np.where(complete.any(axis=0), best, np.nan)
+
+
+def selected(ds: xr.Dataset, seed: int | None = None) -> xr.Dataset:
+    """One run seed's curves at its selected lr (default: the first seed, whose geometry the cube keeps); the lr
+    and seed dimensions dropped. The first lr when the seed has no complete run."""
+    seed = int(ds["seed"].values[0]) if seed is None else seed
+    lr = float(ds["selected_lr_by_seed"].sel(seed=seed))
+    run = ds.sel(seed=seed)
+    return run.sel(lr=lr) if np.isfinite(lr) else run.isel(lr=0)
 
 
 def merge(parts: list[xr.Dataset]) -> xr.Dataset:
-    """The cube from its per-lr parts (any order): a pure function of the parts."""
+    """The cube from its parts, one per (lr, run seed), in any order: a pure function of the parts. The lr is
+    selected per seed; the geometry is the first seed's at its selected lr."""
     if not parts:
         raise CubeError("no parts to merge")
-    parts = sorted(parts, key=lambda p: float(p["lr"].values[0]))
+    key = lambda p: (float(p["lr"].values[0]), int(p["seed"].values[0]))
+    by_key = {}
+    for p in parts:
+        if key(p) in by_key:
+            raise CubeError(f"two parts for lr {key(p)[0]:g}, seed {key(p)[1]}")
+        by_key[key(p)] = p
+    lrs, seeds = sorted({k[0] for k in by_key}), sorted({k[1] for k in by_key})
+    absent = [f"lr {lr:g} seed {s}" for lr in lrs for s in seeds if (lr, s) not in by_key]
+    if absent:
+        raise CubeError(f"the parts do not cover every lr x seed: missing {', '.join(absent)}")
     hashes = {p.attrs["parameter_hash"] for p in parts}
     if len(hashes) != 1:
         raise CubeError(f"parts come from different parameters (hashes {sorted(hashes)})")
-    per_lr = [p.drop_vars([*GEOMETRY, "geometry_epoch", "fig1_indices", "robustness_indices", "fig1_class"])
-              for p in parts]
-    ds = xr.concat(per_lr, dim="lr", data_vars="minimal", coords="minimal", compat="override",
-                   combine_attrs="override")
-    selected = select_lr(ds)
-    source = parts[0] if np.isnan(selected) else next(p for p in parts if float(p["lr"].values[0]) == selected)
+    drop = [*GEOMETRY, "geometry_epoch", "fig1_indices", "robustness_indices", "fig1_class"]
+    join = dict(data_vars="minimal", coords="minimal", compat="override", combine_attrs="override")
+    rows = [xr.concat([by_key[(lr, s)].drop_vars(drop) for s in seeds], dim="seed", **join) for lr in lrs]
+    ds = xr.concat(rows, dim="lr", **join)
+    chosen = select_lrs(ds)
+    ds["selected_lr_by_seed"] = _var("selected_lr_by_seed", chosen)
+    source = by_key[(lrs[0] if np.isnan(chosen[0]) else float(chosen[0]), seeds[0])]
     for k in (*GEOMETRY, "geometry_epoch", "fig1_indices", "robustness_indices"):
         ds[k] = source[k]
     ds = ds.assign_coords(fig1_class=source["fig1_class"])
     ds.attrs.update({
         "title": f"Neural collapse: {ds.attrs['dataset']} x {ds.attrs['network']} ({ds.attrs['profile']})",
-        "selected_lr": selected, "lr_selection_rule": SELECTION_RULE,
-        "geometry_lr": float(source["lr"].values[0]),
+        "selected_lr": float(chosen[0]), "lr_selection_rule": SELECTION_RULE,
+        "geometry_lr": float(source["lr"].values[0]), "geometry_seed": seeds[0],
         "wall_time_total": float(ds["wall_time"].sum()),
-        "complete": int(all(s in ("complete", "diverged") for s in ds["status"].values)),
+        "complete": int(all(s in ("complete", "diverged") for s in ds["status"].values.ravel())),
         "conventions": "CF-1.8 units; '1' = dimensionless; snapshot variables NaN off snapshot epochs",
     })
     return ds
@@ -257,8 +286,17 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
     problems += [f"missing global attribute {key!r}" for key in REQUIRED_ATTRS if key not in ds.attrs]
     if "epoch" in ds.coords and not np.array_equal(ds["epoch"].values, np.arange(1, ds.sizes["epoch"] + 1)):
         problems.append("epoch coordinate is not 1..E")
+    if "seed" in ds.coords:
+        seeds = ds["seed"].values
+        if seeds.dtype.kind not in "iu" or (seeds < 0).any() or len(set(seeds.tolist())) != len(seeds):
+            problems.append(f"seed coordinate {seeds.tolist()} is not a list of distinct non-negative integers")
+    else:
+        problems.append("missing the seed coordinate")
     if not problems:
-        bad = set(ds["status"].values.tolist()) - set(STATUSES)
+        chosen = ds["selected_lr_by_seed"].values
+        if not np.isin(chosen[np.isfinite(chosen)], ds["lr"].values).all():
+            problems.append(f"selected_lr_by_seed {chosen.tolist()} is not among the lrs {ds['lr'].values.tolist()}")
+        bad = set(ds["status"].values.ravel().tolist()) - set(STATUSES)
         if bad:
             problems.append(f"unknown status values {sorted(bad)}")
         off = ~ds["epoch"].isin(ds["snapshot_epoch"].values)

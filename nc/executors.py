@@ -249,7 +249,7 @@ def recorded_slurm_jobs(todo: list) -> tuple[list, dict]:
     submit, adopted, ended, stale = [], {}, [], []
     for job in todo:
         r = records.get(id(job))
-        same = r is not None and r["parameter_hash"] == params_mod.digest(job.params)
+        same = r is not None and r["parameter_hash"] == params_mod.run_digest(job.params)
         if same and r["job_id"] in live:
             adopted[submitit.SlurmJob(folder=r["folder"], job_id=r["job_id"])] = (job, time.perf_counter(), None)
             continue

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
+from nc import cube
 from nc.data import DATASETS, TITLES, column_of
 
 FIG1_PAPER_EPOCHS = (2, 16, 65, 350)  # of the paper's 350 (VGG13 on CIFAR10)
@@ -180,9 +181,9 @@ def caption(ds: xr.Dataset, path, panels) -> str:
     """Which run, classes, samples and epochs the panels show, and where the TPT starts."""
     epochs = [e for e, _ in panels]
     last = int(ds["geometry_epoch"].max())
-    lr = ds.attrs["selected_lr"]
-    tpt = ds["tpt_epoch"].sel(lr=lr).item() if np.isfinite(lr) else np.nan
-    return (f"run **{Path(path).stem}** (selected lr {lr:g}): classes "
+    lr, seed = ds.attrs["selected_lr"], int(ds.attrs.get("geometry_seed", ds["seed"].values[0]))
+    tpt = float(cube.selected(ds)["tpt_epoch"])
+    return (f"run **{Path(path).stem}** (run seed {seed}, its selected lr {lr:g}): classes "
             f"{', '.join(str(c) for c in ds['fig1_class'].values)} of {ds.sizes['class']}, "
             f"{ds.sizes['fig1_sample']} train features each, at epochs **{', '.join(map(str, epochs))}** of {last} "
             f"(the snapshots nearest to {', '.join(f'{e / 350 * last:.3g}' for e in FIG1_PAPER_EPOCHS)}, i.e. the "

@@ -42,7 +42,7 @@ def write_record(job, job_id: str, executor: str, folder) -> Path:
     path = record_path(job)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"job_id": str(job_id), "executor": executor, "cell": job.params["name"], "lr": job.lr, "seed": job.seed,
-              "parameter_hash": params_mod.digest(job.params), "folder": str(Path(folder).resolve()),
+              "parameter_hash": params_mod.run_digest(job.params), "folder": str(Path(folder).resolve()),
               "submitted": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=1) + "\n")

@@ -89,6 +89,19 @@ def show_grid(prof, name: str, full: bool | None = None) -> None:
         prof = prof.assign(test_acc_percent=prof["test_acc"] * 100)
     grid.grid(prof, [(v, colours.get(c, c), label) for v, c, label in curves], ylabel=ylabel, logy=logy, full=full)
     plt.show()
+    show_seed_caption(prof)
+
+
+def show_seed_caption(prof) -> None:
+    """For cells with several run seeds: what the lines and bands are, and each cell's TPT range."""
+    from IPython.display import Markdown, display
+
+    from nc import grid
+
+    ranges = grid.tpt_ranges(prof)
+    if ranges:
+        display(Markdown("Lines: the median over the run seeds (each at its own selected lr); shaded: their min–max "
+                         "range. Red line: the median TPT start; TPT start epochs: " + "; ".join(ranges) + "."))
 
 
 def show_summary(prof, name: str) -> None:

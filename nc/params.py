@@ -114,7 +114,10 @@ SCHEMA = {
                  "true or false: collapse by depth at every block at the first snapshot, the TPT start and the "
                  "last snapshot"),
     "seed": Key(0, lambda v: _int(v) and v >= 0, "a non-negative integer: the data seed (the balanced subset, the "
-                "Fig. 1 and DeepFool samples) and the run seed (initialisation, batch order)"),
+                "Fig. 1 and DeepFool samples), the same for every run seed"),
+    "seeds": Key([0], lambda v: isinstance(v, list) and len(v) > 0 and all(_int(x) and x >= 0 for x in v)
+                 and len(set(v)) == len(v), "a non-empty list of distinct non-negative integers: the run seeds "
+                 "(initialisation, batch order, a fixed ETF), one run per seed and lr on the same data"),
     "device": Key("auto", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) is not None,
                   "auto, cpu, cuda, cuda:N or mps", False),
     "robustness_images": Key(100, lambda v: _int(v) and v >= 0, "a non-negative integer (0 turns DeepFool off)"),
@@ -207,8 +210,17 @@ def load(path) -> dict:
 
 
 def run_seeds(params: dict) -> list[int]:
-    """The run seeds of a parameter file (initialisation and batch order): today one, `seed` itself."""
-    return [params["seed"]]
+    """The run seeds of a parameter file (initialisation and batch order), in the file's order."""
+    return list(params["seeds"])
+
+
+def with_seeds(params: dict, n: int | None) -> dict:
+    """The parameters with run seeds 0..n-1 (`--seeds n` on the command line); unchanged for None or 0."""
+    if not n:
+        return params
+    if not _pos_int(n):
+        raise ParameterError(f"--seeds must be a positive integer, got {n!r}")
+    return dict(params, seeds=list(range(n)))
 
 
 def profile_files(profile_dir) -> list[Path]:
@@ -233,12 +245,20 @@ def select(files, only) -> list[Path]:
     return [f for f in files if f in keep]
 
 
-def digest(params: dict) -> str:
+def digest(params: dict, leave_out=()) -> str:
     """sha256 over the keys that change results and differ from their defaults (not device, paths or evaluation
-    batch sizes); see the module docstring for why defaults are left out."""
-    keep = {name: params[name] for name, key in SCHEMA.items()
-            if key.changes_results and (key.default is REQUIRED or params[name] != key.default)}
+    batch sizes, nor the keys in `leave_out`); see the module docstring for why defaults are left out. A cube
+    carries digest(params)."""
+    keep = {name: params[name] for name, key in SCHEMA.items() if name not in leave_out
+            and key.changes_results and (key.default is REQUIRED or params[name] != key.default)}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+
+
+def run_digest(params: dict) -> str:
+    """The digest of one (lr, run seed) run, which a part, its checkpoint and its job record carry: digest without
+    `seeds`, since which other seeds the cell has does not change this run. So `--seeds 3` after a one-seed run
+    reuses seed 0's parts and trains only seeds 1 and 2."""
+    return digest(params, leave_out=("seeds",))
 
 
 def to_yaml(params: dict) -> str:

@@ -122,40 +122,41 @@ def disk_bytes(p: dict, cost: dict) -> dict:
     kept = train.geometry_epochs(snaps, p["epochs"], C, dim, 60)
     per = 2 * C * dim + dim + C + C * C + 60 * dim
     geometry = len(kept) * per * (4 if len(kept) * per * 8 > 64 * 2**20 else 8)
-    curves = len(p["lrs"]) * p["epochs"] * 40 * 8
+    curves = len(p["lrs"]) * len(p["seeds"]) * p["epochs"] * 40 * 8
     store = (n_train + n_test) * 3 * cost["image_size"] ** 2 if p["data_source"] == "store" else 0
     return {"cube": geometry + curves, "checkpoint": 4 * 3 * cost["params"], "store": store}
 
 
-def plan(profile_dir, gpu: str = "A100", world_sizes: dict | None = None, only=None) -> dict:
-    """Every job of a profile, and the totals. world_sizes: {dataset: GPUs per job} (default 1)."""
+def plan(profile_dir, gpu: str = "A100", world_sizes: dict | None = None, only=None, seeds: int | None = None) -> dict:
+    """Every job of a profile (one per lr and run seed), and the totals. world_sizes: {dataset: GPUs per job}
+    (default 1); seeds: run seeds 0..seeds-1 instead of each file's (`--seeds`)."""
     files = params_mod.select(params_mod.profile_files(profile_dir), only)
     measured, rows, disk = bench_throughput(), [], {"cube": 0, "checkpoint_max": 0, "checkpoints_kept": 0, "store": 0}
     stores = {}
     for f in files:
-        p = params_mod.load(f)
+        p = params_mod.with_seeds(params_mod.load(f), seeds)
         row = job_plan(p, (world_sizes or {}).get(p["dataset"], 1), gpu, measured)
-        row["lrs"] = len(p["lrs"])
+        row["lrs"], row["seeds"] = len(p["lrs"]), len(p["seeds"])
         rows.append(row)
         d = disk_bytes(p, row)
         disk["cube"] += d["cube"]
         disk["checkpoint_max"] = max(disk["checkpoint_max"], d["checkpoint"])
-        disk["checkpoints_kept"] += d["checkpoint"] * len(p["lrs"])
+        disk["checkpoints_kept"] += d["checkpoint"] * row["lrs"] * row["seeds"]
         if d["store"]:
             stores[(p["dataset"], row["image_size"], p["n_per_class"])] = d["store"]  # one store for the cells
     disk["store"] = sum(stores.values())
-    total = sum(r["gpu_hours"] * r["lrs"] for r in rows)
+    total = sum(r["gpu_hours"] * r["lrs"] * r["seeds"] for r in rows)
     return {"rows": rows, "gpu_hours": total, "disk": disk, "gpu": gpu}
 
 
 def markdown(result: dict) -> str:
-    lines = ["| cell | lrs | GPUs per job | images per job | GPU memory per GPU (GB) | hours per job | source |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| cell | lrs | seeds | GPUs per job | images per job | GPU memory per GPU (GB) | hours per job | "
+             "source |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['name']} | {r['lrs']} | {r['gpus']} | {r['images']:.3g} | {r['memory_gb']:.1f} | "
-                     f"{r['hours']:.1f} | {r['source']} |")
+        lines.append(f"| {r['name']} | {r['lrs']} | {r['seeds']} | {r['gpus']} | {r['images']:.3g} | "
+                     f"{r['memory_gb']:.1f} | {r['hours']:.1f} | {r['source']} |")
     d = result["disk"]
-    lines += ["", f"Total: **{result['gpu_hours']:,.0f} GPU-hours** (every lr of every cell). Disk: cubes "
+    lines += ["", f"Total: **{result['gpu_hours']:,.0f} GPU-hours** (every lr and run seed of every cell). Disk: cubes "
               f"{d['cube'] / 2**30:.1f} GiB; a running job's checkpoint up to {d['checkpoint_max'] / 2**30:.2f} GiB "
               f"(deleted once its cell is merged; with --keep-checkpoints all of them stay: "
               f"{d['checkpoints_kept'] / 2**30:.1f} GiB); prepared stores {d['store'] / 2**30:.1f} GiB."]

@@ -1,12 +1,14 @@
-"""A profile's cubes as one grid for the figure pages: the selected lr's curves per (dataset, network family).
+"""A profile's cubes as one grid for the figure pages: each run seed's curves at its selected lr, per (dataset,
+network family).
 
 `open_profile(cube_dir, variables)` reads, from every current cube of a folder, only the per-epoch and snapshot
-variables a page asks for (the geometry stays on disk), at the selected lr. Dims (dataset, network, epoch):
-`network` is the family (the paper's rows, nc.models.FAMILIES), `network_name` the exact net; `epoch` is the union
-of the cells' epochs (NaN past a cell's end). Cells that did not run are absent from the coordinates. Two cubes in
-one grid cell (two ResNets on one dataset) are an error naming both files. Cubes of an older format are left out
-and listed in `attrs["stale"]` with the reason and the command that rebuilds them, never half-read; a folder with
-no current cube gives an empty grid, which every page draws as "no run".
+variables a page asks for (the geometry stays on disk), each run seed at the lr selected for it. Dims (dataset,
+network, seed, epoch): `network` is the family (the paper's rows, nc.models.FAMILIES), `network_name` the exact
+net; `seed` the union of the cells' run seeds (NaN where a cell lacks one; `seed_runs` gives those a cell has);
+`epoch` is the union of the cells' epochs (NaN past a cell's end). Cells that did not run are absent from the
+coordinates. Two cubes in one grid cell (two ResNets on one dataset) are an error naming both files. Cubes of an
+older format are left out and listed in `attrs["stale"]` with the reason and the command that rebuilds them, never
+half-read; a folder with no current cube gives an empty grid, which every page draws as "no run".
 """
 from __future__ import annotations
 
@@ -19,12 +21,12 @@ import xarray as xr
 from nc import cube, models
 from nc.data import DATASETS, column_of
 
-PER_LR = ("tpt_epoch", "status", "wall_time")
-CELL_SCALARS = ("selected_lr", "wall_time_total", "network_name", "n_lrs")
+PER_SEED = ("tpt_epoch", "status", "wall_time", "selected_lr")  # besides the curves, dims (seed,)
+CELL_SCALARS = ("wall_time_total", "network_name", "n_lrs")
 
 
 def _read_cell(path: Path, variables) -> tuple[xr.Dataset | None, str | None]:
-    """(the selected lr's variables of one cube, None) or (None, why it is stale or unreadable)."""
+    """(each seed's variables at its selected lr, None) or (None, why the cube is stale or unreadable)."""
     variables = list(dict.fromkeys([*variables, "train_loss"]))  # train_loss tells a cell that ran
     try:
         with xr.open_dataset(path, engine="netcdf4") as ds:
@@ -34,12 +36,13 @@ def _read_cell(path: Path, variables) -> tuple[xr.Dataset | None, str | None]:
                 reason = f"lacks the variables {missing}" if missing else None
             if reason is not None:
                 return None, reason
-            lr = ds.attrs["selected_lr"]
-            lr_idx = 0 if np.isnan(lr) else int(np.flatnonzero(ds["lr"].values == lr)[0])
-            cell = ds[list(variables) + ["tpt_epoch", "wall_time"]].isel(lr=lr_idx, drop=True).load()
-            cell["status"] = xr.DataArray(str(ds["status"].values[lr_idx]))
+            chosen = ds["selected_lr_by_seed"].values
+            idx = [0 if np.isnan(lr) else int(np.flatnonzero(ds["lr"].values == lr)[0]) for lr in chosen]
+            at = xr.DataArray(idx, dims="seed", coords={"seed": ds["seed"].values})
+            cell = ds[list(variables) + ["tpt_epoch", "wall_time", "status"]].isel(lr=at).drop_vars("lr").load()
+            cell["status"] = cell["status"].astype(str)
             cell.attrs = {"dataset": ds.attrs["dataset"], "network": ds.attrs["network"], "path": str(path)}
-            cell["selected_lr"] = xr.DataArray(lr)
+            cell["selected_lr"] = xr.DataArray(chosen, dims="seed")
             cell["wall_time_total"] = xr.DataArray(float(ds.attrs.get("wall_time_total", np.nan)))
             cell["network_name"] = xr.DataArray(ds.attrs["network"])
             cell["n_lrs"] = xr.DataArray(ds.sizes["lr"])
@@ -50,10 +53,11 @@ def _read_cell(path: Path, variables) -> tuple[xr.Dataset | None, str | None]:
 
 def empty_profile(variables) -> xr.Dataset:
     """A grid with no cell, for a folder without current cubes (pages then say 'no run' everywhere)."""
-    data = {v: (("dataset", "network", "epoch"), np.zeros((0, 0, 0))) for v in {*variables, "train_loss"}}
-    data.update({"tpt_epoch": (("dataset", "network"), np.zeros((0, 0))),
-                 "status": (("dataset", "network"), np.zeros((0, 0), dtype=object))})
-    return xr.Dataset(data, coords={"dataset": [], "network": [], "epoch": np.zeros(0, dtype=int)})
+    data = {v: (("dataset", "network", "seed", "epoch"), np.zeros((0, 0, 0, 0))) for v in {*variables, "train_loss"}}
+    data.update({"tpt_epoch": (("dataset", "network", "seed"), np.zeros((0, 0, 0))),
+                 "status": (("dataset", "network", "seed"), np.zeros((0, 0, 0), dtype=object))})
+    return xr.Dataset(data, coords={"dataset": [], "network": [], "seed": np.zeros(0, dtype=int),
+                                    "epoch": np.zeros(0, dtype=int)})
 
 
 def open_profile(directory, variables=cube.EPOCH_VARS + cube.SNAPSHOT_VARS) -> xr.Dataset:
@@ -81,7 +85,7 @@ def open_profile(directory, variables=cube.EPOCH_VARS + cube.SNAPSHOT_VARS) -> x
             row = [cells.get((d, n)) for n in nets]
             template = next(c for c in row if c is not None)
             row = [c if c is not None else xr.full_like(template, np.nan).assign(
-                status=xr.DataArray("missing"), network_name=xr.DataArray("")) for c in row]
+                status=xr.full_like(template["status"], "missing"), network_name=xr.DataArray("")) for c in row]
             rows.append(xr.concat(row, dim="network", join="outer", coords="minimal", compat="override"))
         out = xr.concat(rows, dim="dataset", join="outer", coords="minimal", compat="override")
         out = out.assign_coords(dataset=datasets, network=nets)
@@ -95,13 +99,24 @@ def stale_cubes(profile: xr.Dataset) -> list[dict]:
 
 
 def cell(profile: xr.Dataset, column: str, row: str) -> xr.Dataset | None:
-    """The selected-lr curves of one grid cell (a paper column, a family), or None when the profile has no run."""
+    """One grid cell (a paper column, a family): each seed's curves at its selected lr (dims seed, epoch), or None
+    when the profile has no run there."""
     for d in profile["dataset"].values:
         if column_of(str(d)) == column and row in profile["network"].values:
             c = profile.sel(dataset=d, network=row)
-            if str(c["status"].values) not in ("missing", "") and np.isfinite(c["train_loss"].values).any():
+            if str(c["network_name"].values) != "" and np.isfinite(c["train_loss"].values).any():
                 return c
     return None
+
+
+def seed_runs(c: xr.Dataset) -> list[tuple[int, xr.Dataset]]:
+    """(seed, that seed's run: curves over epoch, scalars) for every run seed the cell has, in seed order. A seed
+    none of whose lrs completed (it has no selected lr) is left out, unless no seed of the cell has one: then
+    every seed is kept, each at its first lr, as a one-seed cell is."""
+    ran = np.isfinite(c["train_loss"].transpose("seed", "epoch").values).any(axis=-1)
+    chosen = ran & np.isfinite(c["selected_lr"].values)
+    keep = chosen if chosen.any() else ran
+    return [(int(s), c.sel(seed=s)) for s, k in zip(c["seed"].values, keep) if k]
 
 
 def cells(profile: xr.Dataset) -> list[tuple[str, str, xr.Dataset]]:

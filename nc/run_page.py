@@ -18,26 +18,34 @@ from nc.grid import BLUE, ORANGE, RED
 
 
 def selected(ds: xr.Dataset) -> xr.Dataset:
-    """The cube at its selected lr (the first lr when none completed)."""
-    lr = ds.attrs["selected_lr"]
-    return ds.sel(lr=lr) if np.isfinite(lr) else ds.isel(lr=0)
+    """The first run seed at its selected lr (the first lr when none completed): the curves this page draws."""
+    return cube.selected(ds)
 
 
 def header_markdown(ds: xr.Dataset) -> str:
-    """What was trained, on what, and each lr's status, TPT start, final test accuracy and wall time."""
+    """What was trained, on what, the lr selected for each run seed, and each (lr, seed)'s status, TPT start,
+    final test accuracy and wall time."""
     rows = []
-    for i, lr in enumerate(ds["lr"].values):
-        last = ds["test_acc"].isel(lr=i).dropna("epoch")
-        tpt = ds["tpt_epoch"].values[i]
-        rows.append(f"| {lr:g} | {ds['status'].values[i]} | {'—' if np.isnan(tpt) else f'{tpt:.0f}'} | "
-                    f"{100 * float(last[-1]) if last.size else math.nan:.2f} | {ds['wall_time'].values[i]:.0f} |")
+    for lr in ds["lr"].values:
+        for seed in ds["seed"].values:
+            run = ds.sel(lr=lr, seed=seed)
+            last = run["test_acc"].dropna("epoch")
+            tpt = float(run["tpt_epoch"])
+            tpt = "—" if np.isnan(tpt) else f"{tpt:.0f}"
+            chosen = " (selected)" if float(ds["selected_lr_by_seed"].sel(seed=seed)) == lr else ""
+            rows.append(f"| {lr:g}{chosen} | {seed} | {run['status'].item()} | {tpt} "
+                        f"| {100 * float(last[-1]) if last.size else math.nan:.2f} | {float(run['wall_time']):.0f} |")
     a = ds.attrs
+    seeds = ds["seed"].values
+    chosen = ", ".join(f"seed {s}: **{float(ds['selected_lr_by_seed'].sel(seed=s)):g}**" for s in seeds)
+    shown = (f" The curves below are seed {seeds[0]}'s at its selected lr; the figure pages show every seed."
+             if len(seeds) > 1 else "")
     return (f"**{a['dataset']} × {a['network']}** (profile `{a['profile']}`): {a['n_train']} train / {a['n_test']} "
             f"test images of shape {a['image_shape']}, {a['num_classes']} classes, from `{a['data_source']}`, "
             f"standardised per {a.get('standardize', 'pixel')}; precision {a.get('precision', 'float32')}; trained "
-            f"on {a['device']}. Selected learning rate: **{a['selected_lr']:g}** ({a['lr_selection_rule']}).\n\n"
-            "| lr | status | TPT start (epoch) | final test accuracy (%) | wall time (s) |\n|---|---|---|---|---|\n"
-            + "\n".join(rows))
+            f"on {a['device']}. Selected learning rate ({a['lr_selection_rule']}): {chosen}.{shown}\n\n"
+            "| lr | seed | status | TPT start (epoch) | final test accuracy (%) | wall time (s) |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 def loss_accuracy_figure(sel: xr.Dataset):

@@ -1,17 +1,19 @@
 """Orchestration of one parameter file: where its cube and parts live, whether they are current, and running
 its learning rates (one part file per lr, resumed from its checkpoint) into a validated cube.
 
-`run_part` trains one lr into `<cube_dir>/parts/<cell>/lr-<lr>.nc`; `run` does every lr of a file one after
-another, and `merge_and_write` merges the parts into `<cube_dir>/<dataset>-<network>.nc` (nc.cube.merge, a pure
-function of the parts) and then deletes the finished parts' checkpoints unless asked to keep them. A part or cube
-made from the same parameters (nc.params.digest) by the same cube format (nc.cube.FORMAT_VERSION) is not
-recomputed; anything else is, from its checkpoint when that belongs to the same parameters and format.
+`run_part` trains one (lr, run seed) into `<cube_dir>/parts/<cell>/lr-<lr>-seed<s>.nc`; `run` does every lr and
+seed of a file one after another, and `merge_and_write` merges the parts into `<cube_dir>/<dataset>-<network>.nc`
+(nc.cube.merge, a pure function of the parts) and then deletes the finished parts' checkpoints unless asked to keep
+them. A cube made from the same parameters (nc.params.digest) by the same cube format (nc.cube.FORMAT_VERSION), or
+a part made from the same run parameters (nc.params.run_digest: the same but for the list of seeds), is not
+recomputed; anything else is, from its checkpoint when that belongs to the same run parameters and format.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import xarray as xr
 
@@ -22,8 +24,8 @@ from nc import progress as progress_mod
 
 
 def run_key(params: dict) -> str:
-    """What a part, a cube or a checkpoint must carry to be reused: the cube format and the parameter digest."""
-    return f"format {cube.FORMAT_VERSION}, parameters {params_mod.digest(params)}"
+    """What a checkpoint must carry to be resumed: the cube format and the run digest (nc.params.run_digest)."""
+    return f"format {cube.FORMAT_VERSION}, parameters {params_mod.run_digest(params)}"
 
 
 def load_data(params: dict, device=None):
@@ -77,15 +79,15 @@ def _attrs(path: Path) -> dict | None:
         return None
 
 
-def _made_by(attrs: dict | None, params: dict) -> bool:
-    return attrs is not None and attrs.get("parameter_hash") == params_mod.digest(params) and \
+def _made_by(attrs: dict | None, digest: str) -> bool:
+    return attrs is not None and attrs.get("parameter_hash") == digest and \
         int(attrs.get("format_version", 1)) == cube.FORMAT_VERSION
 
 
 def is_current(path: Path, params: dict) -> bool:
     """A finished cube made from these same parameters (by hash) and this cube format: nothing to re-train."""
     attrs = _attrs(Path(path)) if Path(path).is_file() else None
-    return _made_by(attrs, params) and bool(attrs.get("complete"))
+    return _made_by(attrs, params_mod.digest(params)) and bool(attrs.get("complete"))
 
 
 def part_path(parts_dir: Path, lr: float, seed: int = 0) -> Path:
@@ -98,17 +100,18 @@ def checkpoint_path(parts_dir: Path, lr: float, seed: int = 0) -> Path:
 
 
 def part_finished(params: dict, lr: float, parts_dir, seed: int | None = None) -> bool:
-    """The part of (lr, seed) exists, comes from these parameters and this format, and is no longer running."""
-    path = part_path(parts_dir, lr, params["seed"] if seed is None else seed)
+    """The part of (lr, run seed; default the first) exists, comes from these run parameters and this format, and
+    is no longer running."""
+    path = part_path(parts_dir, lr, params_mod.run_seeds(params)[0] if seed is None else seed)
     attrs = _attrs(path) if path.is_file() else None
-    return _made_by(attrs, params) and attrs["_status"][:1] != ["running"]
+    return _made_by(attrs, params_mod.run_digest(params)) and np.ravel(attrs["_status"])[:1].tolist() != ["running"]
 
 
 def run_part(params: dict, lr: float, parts_dir, dataset=None, progress: bool = True,
              stop_after: int | None = None, seed: int | None = None) -> Path:
     """Train and measure one (lr, run seed) into its own part file (resuming from its checkpoint); skips a finished
-    part. `seed` defaults to params["seed"]."""
-    seed = params["seed"] if seed is None else seed
+    part. `seed` defaults to the file's first run seed."""
+    seed = params_mod.run_seeds(params)[0] if seed is None else seed
     out = part_path(parts_dir, lr, seed)
     if part_finished(params, lr, parts_dir, seed):
         return out
@@ -137,6 +140,7 @@ def merge_and_write(params: dict, cube_path: Path, parts_dir: Path, keep_checkpo
     more. The parts' progress files (a running job's status) go in any case."""
     jobs = [(lr, seed) for lr in params["lrs"] for seed in params_mod.run_seeds(params)]
     ds = cube.merge([cube.open_cube(part_path(parts_dir, lr, seed)) for lr, seed in jobs])
+    ds.attrs.update(parameters=params_mod.to_yaml(params), parameter_hash=params_mod.digest(params))  # with seeds
     cube.write(cube.validate(ds), cube_path)
     for lr, seed in jobs:
         progress_mod.path_for(part_path(parts_dir, lr, seed)).unlink(missing_ok=True)
@@ -148,7 +152,7 @@ def merge_and_write(params: dict, cube_path: Path, parts_dir: Path, keep_checkpo
 
 
 def run(params: dict, cube_dir, progress: bool = True, force: bool = False, keep_checkpoints: bool = False) -> Path:
-    """Every lr of a parameter file, one after another, merged into its cube; returns the cube's path.
+    """Every lr and run seed of a parameter file, one after another, merged into its cube; returns its path.
 
     A cube that is complete and made from the same parameters is returned as it is, unless `force`."""
     path, parts_dir = paths(params, cube_dir)

@@ -42,7 +42,8 @@ class Job:
 
     @property
     def label(self) -> str:
-        return f"{self.params['name']} lr={self.lr:g}" + (f" seed={self.seed}" if self.seed else "")
+        several = len(params_mod.run_seeds(self.params)) > 1
+        return f"{self.params['name']} lr={self.lr:g}" + (f" seed={self.seed}" if several or self.seed else "")
 
 
 def dataset_missing(params: dict) -> str | None:
@@ -82,7 +83,8 @@ def _progress(total: int):
 
 def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition: str | None = None,
                 gpus_per_job: int | None = None, time_min: int | None = None, parallel: int | None = None,
-                poll_s: float | None = None, only=None, keep_checkpoints: bool = False) -> list[Path]:
+                poll_s: float | None = None, only=None, keep_checkpoints: bool = False,
+                seeds: int | None = None) -> list[Path]:
     """Train every (parameter file, lr, run seed) of a profile as jobs and merge each cell's cube; returns the cube
     paths.
 
@@ -93,7 +95,7 @@ def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition
     the other cells are left alone. Every job is recorded beside its part (nc.jobs.write_record); a Slurm job of a
     live record is waited for, not submitted again. SIGINT / SIGTERM (main thread) stop the jobs before the
     exception (KeyboardInterrupt / SystemExit) leaves this function. keep_checkpoints: keep the finished parts'
-    checkpoints after the merge."""
+    checkpoints after the merge. seeds: run seeds 0..seeds-1 in every cell instead of each file's `seeds`."""
     profile_dir, cube_dir = Path(profile_dir), Path(cube_dir)
     config = executors.read_executor(profile_dir)
     executor = executor or config["executor"]
@@ -103,7 +105,7 @@ def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition
     if not files:
         raise ValueError(f"{profile_dir} has no parameter files")
     files = params_mod.select(files, only)
-    cells = [params_mod.load(f) for f in files]  # a bad file stops here, before anything runs
+    cells = [params_mod.with_seeds(params_mod.load(f), seeds) for f in files]  # a bad file stops here
     seen = {}
     for p in cells:
         cube_path, _ = runs.paths(p, cube_dir)
@@ -195,7 +197,7 @@ def main(argv=None) -> None:
         if args.plan:
             settings = executors.read_executor(profile_dir)["slurm"]
             gpus = {d: int(o.get("gpus_per_job", settings["gpus_per_job"])) for d, o in settings["datasets"].items()}
-            print(plan.markdown(plan.plan(profile_dir, args.gpu, gpus, args.only)))
+            print(plan.markdown(plan.plan(profile_dir, args.gpu, gpus, args.only, args.seeds)))
             return
         with jobs.sigterm_exits():
             paths = run_profile(profile_dir, cube_dir, **cli.sweep_options(args))

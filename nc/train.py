@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nc import cube, ddp, models
+from nc import params as params_mod
 from nc import progress as progress_mod
 from nc.snapshot import DEPTH_STAGES, choose_fixed_samples, eval_pass, measure_depth, measure_snapshot
 
@@ -124,7 +125,7 @@ def empty_record(params: dict, lr: float, snapshots: list[int], num_classes: int
     kept = geometry_epochs(snapshots, E, C, p, k * m)
     S = len(kept)
     return {
-        "lr": lr, "seed": params["seed"], "status": "running", "epochs_done": 0, "wall_time": 0.0,
+        "lr": lr, "seed": params_mod.run_seeds(params)[0], "status": "running", "epochs_done": 0, "wall_time": 0.0,
         "snapshot_epochs": snapshots,
         "geometry_epochs": kept,
         "epoch": {key: nan(E) for key in RECORD_EPOCH},
@@ -219,9 +220,9 @@ def train_epoch(net, model, opt, split, order, batch_size: int, autocast, loss: 
 
 def build_model(params: dict, num_classes: int, in_channels: int, image_size: int, device,
                 seed: int | None = None) -> torch.nn.Module:
-    """The network of `params`, seeded (by the run seed, default params["seed"]) so that every lr of a sweep starts
-    from the same weights."""
-    seed = params["seed"] if seed is None else seed
+    """The network of `params`, seeded by the run seed (default the file's first, nc.params.run_seeds) so that
+    every lr of a sweep starts from the same weights."""
+    seed = params_mod.run_seeds(params)[0] if seed is None else seed
     torch.manual_seed(seed)
     model = models.build(params["network"], num_classes=num_classes, in_channels=in_channels,
                          image_size=image_size, width=params["width"],
@@ -265,9 +266,10 @@ def train_one_lr(params: dict, lr: float, data, checkpoint: Path | None = None, 
 
     `checkpoint`: a file to resume from and to write after every epoch. `stop_after`: return after that
     many epochs of this call (used by tests to interrupt a run). `seed`: the run seed (initialisation and batch
-    order; default params["seed"]); the data subset and the Fig. 1 / DeepFool samples follow params["seed"].
+    order; default the file's first run seed); the data subset and the Fig. 1 / DeepFool samples follow the data
+    seed params["seed"], the same for every run seed.
     `progress_file`: where the run reports its epoch, pace and ETA after every epoch (nc.progress)."""
-    seed = params["seed"] if seed is None else seed
+    seed = params_mod.run_seeds(params)[0] if seed is None else seed
     device = data.train.device
     model = build_model(params, data.num_classes, data.in_channels, data.image_size, device, seed)
     opt = build_optimizer(params, model, lr)
@@ -292,7 +294,8 @@ def train_one_lr(params: dict, lr: float, data, checkpoint: Path | None = None, 
     ctx, net = ddp.current(), ddp.wrap(model)  # net takes the steps (DDP over model); model is evaluated, saved
     autocast = precision_context(params["precision"], device)
     start_epoch = record["epochs_done"] + 1
-    label = f"{params.get('name') or params['dataset'] + '-' + params['network']} lr={lr:g}"
+    label = f"{params.get('name') or params['dataset'] + '-' + params['network']} lr={lr:g}" + (
+        f" seed={seed}" if len(params_mod.run_seeds(params)) > 1 else "")
     bar = tqdm(range(start_epoch, params["epochs"] + 1), initial=start_epoch - 1, total=params["epochs"], desc=label,
                disable=not (progress and ctx.is_main), unit="epoch", mininterval=10)
     started = time.perf_counter()

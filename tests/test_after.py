@@ -72,7 +72,7 @@ def test_a_fixed_etf_classifier_is_bitwise_unchanged_by_training(followups):
 
 
 def test_the_mse_run_records_its_central_path_terms_and_the_others_do_not(followups):
-    mse = cube.open_cube(followups / "demo-vgg11-mse.nc").isel(lr=0)
+    mse = cube.open_cube(followups / "demo-vgg11-mse.nc").isel(lr=0, seed=0)
     terms = {k: mse[k].dropna("epoch").values for k in ("mse_nc1_term", "mse_nc23_term", "mse_perp_term")}
     assert all(v.size == 3 and (v >= 0).all() for v in terms.values())
     assert mse["train_loss"].attrs["units"] == "1"
@@ -126,10 +126,10 @@ def test_followup_pages_execute_on_the_runs(name, followups, tmp_path):
 
 def test_depth_is_in_every_cube_with_layer_names_and_widths(followups):
     ds = cube.open_cube(followups / "demo-vgg11-ce.nc")
-    assert ds["depth_nc1"].dims == ("lr", "depth_stage", "layer")
+    assert ds["depth_nc1"].dims == ("lr", "seed", "depth_stage", "layer")
     assert list(ds["depth_stage"].values) == ["first", "tpt", "last"]
     assert ds["layer_name"].values.tolist()[-2:] == ["fc6", "fc7"] and (ds["layer_width"].values > 0).all()
-    assert ds["depth_epoch"].values[0, 0] == 1 and ds["depth_epoch"].values[0, 2] == 6
-    finite = np.isfinite(ds["depth_trace_ratio"].values[0, [0, 2]])
+    assert ds["depth_epoch"].values[0, 0, 0] == 1 and ds["depth_epoch"].values[0, 0, 2] == 6
+    finite = np.isfinite(ds["depth_trace_ratio"].values[0, 0, [0, 2]])
     assert finite.all()
     xr.testing.assert_equal(ds["layer_width"], cube.open_cube(followups / "demo-vgg11-mse.nc")["layer_width"])

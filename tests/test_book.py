@@ -31,7 +31,7 @@ def built(tmp_path_factory):
     params.mkdir()
     (params / "_defaults.yaml").write_text(TINY)
     for net in ("vgg11", "resnet18", "densenet40"):
-        (params / f"demo-{net}.yaml").write_text(f"network: {net}\n")
+        (params / f"demo-{net}.yaml").write_text(f"network: {net}\n" + ("seeds: [0, 1]\n" if net == "vgg11" else ""))
     (params / "cifar100-vgg13.yaml").write_text("dataset: cifar100\nnetwork: vgg13\nnpz_dir: " + str(root) + "\n")
     (params / "demo-vgg13.yaml").write_text("network: vgg13\n")  # left out with --only: listed as not run
     cubes, out = root / "cubes", root / "book"
@@ -68,7 +68,22 @@ def test_every_page_is_rendered_with_its_images(built):
     for name in ("demo-vgg11", "demo-resnet18", "demo-densenet40"):
         assert f"runs/{name}.html" in intro
     assert "figures/fig6.html" in intro and "missing" in intro
-    assert "| vgg13 | | | | | | not run | | |" in (out / "intro.ipynb").read_text() and "not run" in intro
+    assert "| vgg13 | | | | | | | not run | | |" in (out / "intro.ipynb").read_text() and "not run" in intro
+
+
+def test_a_cell_with_two_seeds_is_drawn_with_its_spread_and_counted_k_of_n(built):
+    cubes, out, index = built
+    from nc import cube
+
+    ds = cube.open_cube(cubes / "demo-vgg11.nc")
+    assert list(ds["seed"].values) == [0, 1] and ds["nc1"].dims == ("lr", "seed", "epoch")
+    html = index.parent
+    fig6 = " ".join(visible_text((html / "figures" / "fig6.html").read_text()).split())
+    assert "the median over the run seeds" in fig6 and "vgg11 (demo): " in fig6
+    claims = " ".join(visible_text((html / "figures" / "claims.html").read_text()).split())
+    assert "held in some seeds" in claims and "| seed |" not in claims and " seed verdict numbers " in claims
+    run = " ".join(visible_text((html / "runs" / "demo-vgg11.html").read_text()).split())
+    assert "seed 0: " in run and "seed 1: " in run
 
 
 def chromium():
@@ -133,6 +148,9 @@ def test_index_page_renders_in_headless_chromium(built, tmp_path):
 
 
 def test_command_line_rejects_slurm_options_without_an_executor_and_unknown_cells(capsys):
+    with pytest.raises(SystemExit):
+        book.main(["reproduce", "demo", "--seeds", "0"])
+    assert "--seeds: must be a positive integer, got '0'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         book.main(["reproduce", "quick", "--gpus", "2"])
     assert "go with --executor" in capsys.readouterr().err

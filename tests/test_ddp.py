@@ -31,8 +31,8 @@ from nc.loader import TensorSplit  # noqa: E402
 LR, STOP_AFTER, C = 0.1, 3, 5
 # 101 train rows, global batch 16: 6 full batches (8 rows per rank) and a last one of 5 (3 + 2 rows, loss-scaled)
 RUN = dict(dataset="demo", network="vgg11", epochs=6, lrs=[LR], snapshot_epochs=[1, 2, 4, 6], batch_size=16,
-           eval_batch_size=7, robustness_images=5, fig1_classes=3, fig1_samples=4, device="cpu", seed=3, depth=True,
-           lr_milestones=[0.5, 0.75])
+           eval_batch_size=7, robustness_images=5, fig1_classes=3, fig1_samples=4, device="cpu", seed=3, seeds=[3],
+           depth=True, lr_milestones=[0.5, 0.75])
 # float64 everywhere, so that the two runs differ only by float64 rounding (the order of the gradient sums over
 # the ranks, the merges' order): ~1e-16 per step, amplified by 42 SGD steps to ~1e-13 (7.5e-14 observed)
 RTOL = 1e-9

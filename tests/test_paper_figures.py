@@ -41,8 +41,24 @@ ACC_UP = np.linspace(.5, .92, 10)  # epoch 4: 0.64, epoch 10: 0.92
 ACC_B = np.array([.1, .2, .3, .4, .5, .80, .85, .80, .79, .79])  # epoch 6 exactly: 0.80 (epoch 7 would be 0.85)
 
 
+def grid_of(cells: dict, datasets, networks) -> xr.Dataset:
+    """Dims (dataset, network, seed, epoch) as nc.profile.open_profile returns them, from {(dataset, family): [one
+    cell_vars dict per seed]}; every cell has the same number of seeds."""
+    n_seeds = len(next(iter(cells.values())))
+    data = {}
+    for k in next(iter(cells.values()))[0]:
+        if k == "network_name":
+            data[k] = (("dataset", "network"), np.array([[cells[(d, n)][0][k] for n in networks] for d in datasets]))
+            continue
+        arr = np.array([[[seed[k] for seed in cells[(d, n)]] for n in networks] for d in datasets])
+        data[k] = (("dataset", "network", "seed", "epoch")[:arr.ndim], arr)
+    data["selected_lr"] = (("dataset", "network", "seed"), np.full((len(datasets), len(networks), n_seeds), 0.1))
+    return xr.Dataset(data, coords={"dataset": datasets, "network": networks, "seed": np.arange(n_seeds),
+                                    "epoch": EPOCHS})
+
+
 def hand_made_profile():
-    """Dims (dataset, network, epoch) as cube.open_profile returns them, with known values:
+    """One seed per cell, with known values:
     demo/vgg    TPT at 4: robustness 0.1 -> 0.3 (+0.2), test acc 64 -> 92, classifiers' equinorm rises after the TPT;
     demo/resnet TPT at 6 (snapshot 7): robustness 0.4 -> 0.35, test acc 80 -> 79, NC1 falls only 2x;
     demo/densenet never reaches the TPT;
@@ -58,14 +74,16 @@ def hand_made_profile():
         ("cifar10", "densenet"): cell_vars(3., (.1, .2, .3, .4, .5), ACC_UP, ncc=(.5, .3, .2, .1, .06),
                                            name="densenet40"),
     }
-    datasets, networks = ["demo", "cifar10"], ["vgg", "resnet", "densenet"]
-    names = cells[("demo", "vgg")].keys()
-    data = {}
-    for k in names:
-        arr = np.array([[cells[(d, n)][k] for n in networks] for d in datasets])
-        dims = ("dataset", "network", "epoch") if arr.ndim == 3 else ("dataset", "network")
-        data[k] = (dims, arr)
-    return xr.Dataset(data, coords={"dataset": datasets, "network": networks, "epoch": EPOCHS})
+    return grid_of({k: [v] for k, v in cells.items()}, ["demo", "cifar10"], ["vgg", "resnet", "densenet"])
+
+
+def three_seed_profile():
+    """demo/vgg with three seeds: robustness rises in the TPT in seeds 0 and 1 (+0.2, +0.1), falls in seed 2
+    (-0.05); the TPT starts at epochs 4, 4 and 7; test accuracy 64 -> 92, 64 -> 92 and 85 -> 79 (lower)."""
+    seeds = [cell_vars(4., (.05, .08, .1, .2, .3), ACC_UP, name="vgg11"),
+             cell_vars(4., (.05, .08, .1, .15, .2), ACC_UP, name="vgg11"),
+             cell_vars(7., (.05, .1, .2, .4, .35), ACC_B, name="vgg11")]
+    return grid_of({("demo", "vgg"): seeds}, ["demo"], ["vgg"])
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +110,12 @@ def test_robustness_improvements_from_the_tpt_snapshot_to_the_last_epoch(profile
     assert rows[("mnist", "densenet")]["improvement"] is None and rows[("mnist", "densenet")]["tpt_snapshot"] is None
     assert rows[("cifar10", "resnet")]["improvement"] == 0.0  # TPT at the last epoch
     assert rows[("cifar10", "densenet")]["improvement"] == pytest.approx(0.5 - 0.3)  # TPT 3 -> snapshot 4
-    s = analysis.improvement_summary([r["improvement"] for r in rows.values()])
+    s = analysis.improvement_summary(list(rows.values()))
     assert s["n"] == 4
     assert s["median"] == pytest.approx(np.median([0.2, -0.05, 0.0, 0.2]))
     assert s["mean"] == pytest.approx(np.mean([0.2, -0.05, 0.0, 0.2]))
-    assert np.isnan(analysis.improvement_summary([None, np.nan])["median"])
+    empty = [{"dataset": "mnist", "family": f, "improvement": x} for f, x in (("vgg", None), ("resnet", np.nan))]
+    assert np.isnan(analysis.improvement_summary(empty)["median"]) and analysis.improvement_summary(empty)["n"] == 0
 
 
 def test_table1_uses_the_test_accuracy_at_the_tpt_epoch_exactly(profile):
@@ -111,7 +130,7 @@ def test_table1_uses_the_test_accuracy_at_the_tpt_epoch_exactly(profile):
     lines = md.splitlines()
     assert len(lines) == 2 + 21
     svhn_vgg = next(line for line in lines if line.startswith("| SVHN | VGG11"))
-    assert svhn_vgg.endswith("| 93.82 | 94.53 | — | — | — |")  # not run here
+    assert svhn_vgg.endswith("| 93.82 | 94.53 | — | — | — | — | — |")  # not run here
     mnist_resnet = next(line for line in lines if line.startswith("| MNIST | ResNet18"))
     assert "80.00 (6)" in mnist_resnet and "79.00 (10)" in mnist_resnet and "-1.00" in mnist_resnet
     assert "TPT not reached" in next(line for line in lines if line.startswith("| MNIST | DenseNet40"))
@@ -159,6 +178,60 @@ def test_claims_grid_colours_each_cell_by_its_verdict(profile):
     assert colour[(mnist, 2)] == grid.GREY_NA and colour[(cifar10, 1)] == grid.GREY_NA
     assert colour[(cifar10, 0)] == grid.EMPTY and colour[(DATASETS.index("svhn"), 0)] == grid.EMPTY
     plt.close(fig)
+
+
+def test_three_seeds_are_counted_k_of_n_with_their_spread_and_per_cell_medians():
+    import matplotlib.colors as mc
+    import matplotlib.pyplot as plt
+
+    prof = three_seed_profile()
+    claims = analysis.claims(prof)
+    r = by_cell(claims, figure="fig8")[("mnist", "vgg")]
+    assert (r["k"], r["n"], r["n_seeds"], r["verdict"], r["held"]) == (2, 3, 3, "some", False)
+    assert r["text"] == "in 2 of 3 seeds\n0✓ 1✓ 2✗" and [s["held"] for s in r["per_seed"]] == [True, True, False]
+    t1 = by_cell(claims, figure="table1")[("mnist", "vgg")]
+    assert (t1["k"], t1["n"], t1["verdict"]) == (2, 3, "some")
+    imp = analysis.improvements(prof, "robustness")
+    assert [x["seed"] for x in imp] == [0, 1, 2]
+    assert [x["improvement"] for x in imp] == pytest.approx([0.2, 0.1, -0.05])
+    summary = analysis.improvement_summary(imp)  # one cell: its median over the seeds
+    assert summary["n"] == 1 and summary["median"] == pytest.approx(0.1)
+    line = next(x for x in reports.table1_markdown(prof, paper_values()).splitlines() if x.startswith("| MNIST | VGG"))
+    assert "| 64.00 [64.00–85.00] (4 [4–7]) | 92.00 [79.00–92.00] (10) |" in line
+    assert "| 2 of 3 seeds | 0.1, 0.1, 0.1 |" in line
+    md = reports.claims_markdown(claims)
+    fig8 = re.escape(f"| {pages.TITLES['fig8']} |") + r" [^\n]* \| 0 \| 1 \| 0 \| 0 \|"  # held, some, not, n/a
+    assert "held in some seeds" in md and re.search(fig8, md)
+    assert "| MNIST (demo) | vgg11 | 2 | did not hold |" in reports.claims_by_seed_markdown(claims, "fig8")
+    assert grid.tpt_ranges(prof) == ["vgg11 (demo): median 4 [4–7], 3 of 3 seeds reached it"]
+    summary_md = reports.summary_markdown(prof, ["robustness"], "robustness")
+    want = ("| MNIST (demo) | vgg11 | 3 | robustness | 0.05 [0.05–0.05] | 4 [4–7] | 0.1 [0.1–0.4] | "
+            "0.3 [0.2–0.35] (10) |")
+    assert want in summary_md
+    assert "**1 of 3** curves" in summary_md  # lower at the end: seed 2 only
+    fig = grid.grid(prof, [("robustness", grid.BLUE, "robustness")], ylabel="r")
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [.05, .08, .1, .2, .3])  # the median at each snapshot
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(.05) and band.max() == pytest.approx(.4)
+    assert ax.lines[1].get_xdata()[0] == 4  # the median TPT start
+    plt.close(fig)
+    fig = grid.claims_grid(claims, "fig8", pages.TITLES["fig8"], prof)
+    assert mc.to_hex(fig.axes[0].patches[0].get_facecolor()) == grid.AMBER_SOME
+    plt.close(fig)
+
+
+def test_a_seed_without_a_complete_run_is_left_out_and_a_short_seed_does_not_cut_the_band():
+    from nc import profile as profile_mod
+
+    prof = three_seed_profile()
+    prof["selected_lr"].loc[{"dataset": "demo", "network": "vgg", "seed": 2}] = np.nan  # every lr of seed 2 failed
+    assert [s for s, _ in profile_mod.seed_runs(profile_mod.cell(prof, "mnist", "vgg"))] == [0, 1]
+    assert by_cell(analysis.claims(prof), figure="fig8")[("mnist", "vgg")]["n_seeds"] == 2
+    short = three_seed_profile()
+    short["robustness"].loc[{"seed": 2, "epoch": [7, 10]}] = np.nan  # seed 2 ends early
+    middle, low, high = grid.seed_band(profile_mod.cell(short, "mnist", "vgg")["robustness"])
+    assert list(middle["epoch"].values) == SNAPSHOTS and float(high.sel(epoch=10)) == pytest.approx(.3)
 
 
 def planted(num_classes=10, p=16, n=5, noise=0.0, seed=0):
@@ -243,7 +316,7 @@ def test_paper_values_are_the_papers_table_1():
     # The paper's summary (median 0.3495%, mean 0.4984%) recomputed from the table's own 21 rows: 0.35 and
     # 0.4990. They agree to the table's rounding (two values to 0.01 each: a difference is off by < 0.01), as
     # expected when the paper summarised unrounded accuracies.
-    s = analysis.improvement_summary([r["improvement"] for r in rows])
+    s = analysis.improvement_summary(rows)
     assert s["n"] == 21
     assert s["median"] == pytest.approx(0.35) and s["mean"] == pytest.approx(10.48 / 21)
     assert abs(s["median"] - paper["table1"]["median_improvement"]) < 0.01
@@ -308,14 +381,14 @@ def test_grid_page_summary_is_the_cubes_values(name, tiny_cubes, tmp_path):
 
     images, text = execute(name, tiny_cubes, tmp_path)
     assert len(images) == 1
-    ds = cube.open_cube(tiny_cubes / "demo-vgg11.nc").sel(lr=0.05)
+    ds = cube.open_cube(tiny_cubes / "demo-vgg11.nc").sel(lr=0.05, seed=0)
     tpt = float(ds["tpt_epoch"])
     for variable, _, _ in pages.GRID_PAGES[name][0]:
         s = ds[variable].dropna("epoch")
         first, last = float(s[0]), float(s[-1])
         at = s.where(s["epoch"] >= tpt, drop=True) if np.isfinite(tpt) else xr.DataArray([])
-        tpt_text = f"{float(at[0]):.3g} ({tpt:.0f})" if at.size else "never reached"
-        row = (f"| MNIST (demo) | vgg11 | {variable.replace('_', ' ')} | {first:.3g} | {tpt_text} | "
+        tpt_text = f"{tpt:.0f} | {float(at[0]):.3g}" if at.size else "never reached | —"
+        row = (f"| MNIST (demo) | vgg11 | 1 | {variable.replace('_', ' ')} | {first:.3g} | {tpt_text} | "
                f"{last:.3g} ({int(s['epoch'][-1])}) |")
         assert row in text, (row, text[:2000])
 

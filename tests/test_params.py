@@ -31,6 +31,9 @@ def test_defaults_merge_and_yaml12_floats(tmp_path):
     ("device: gpu7\n", "device"),
     ("snapshot_epochs: [1, 99]\n", "snapshot_epochs"),
     ("width: true\n", "width"),
+    ("seeds: [0, 0]\n", "seeds"),
+    ("seeds: []\n", "seeds"),
+    ("seeds: 3\n", "seeds"),
 ])
 def test_bad_value_names_file_and_key(tmp_path, extra, key):
     text = GOOD.replace("lrs: [0.05]\n", "") + ("lrs: [0.05]\n" if not extra.startswith("lrs") else "") + extra
@@ -54,6 +57,14 @@ def test_digest_ignores_where_not_what(tmp_path):
     p = params.load(write(tmp_path, GOOD))
     assert params.digest(p) == params.digest(dict(p, device="cuda", eval_batch_size=7, npz_dir="/x"))
     assert params.digest(p) != params.digest(dict(p, lrs=[0.1]))
+
+
+def test_the_run_digest_leaves_out_only_the_list_of_seeds(tmp_path):
+    p = params.load(write(tmp_path, GOOD))
+    three = params.with_seeds(p, 3)
+    assert params.digest(p) != params.digest(three) and params.run_digest(p) == params.run_digest(three)
+    assert params.run_digest(p) != params.run_digest(dict(p, seed=1))  # the data seed is the run's
+    assert params.run_seeds(p) == [0] and params.run_seeds(three) == [0, 1, 2] and params.with_seeds(p, None) is p
 
 
 def test_select_cells_by_name_pattern_or_dataset(tmp_path):

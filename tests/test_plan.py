@@ -36,6 +36,13 @@ def test_the_paper_plan_covers_every_job_with_positive_costs(paper_plan):
     assert "GPU-hours" in plan.markdown(paper_plan)
 
 
+def test_three_seeds_plan_three_times_the_jobs(paper_plan):
+    three = plan.plan(ROOT / "parameters" / "paper", world_sizes={"imagenet": 8}, gpu="H100", seeds=3)
+    assert all(r["seeds"] == 3 for r in three["rows"]) and all(r["seeds"] == 1 for r in paper_plan["rows"])
+    assert three["gpu_hours"] == pytest.approx(3 * paper_plan["gpu_hours"])
+    assert three["disk"]["checkpoints_kept"] == 3 * paper_plan["disk"]["checkpoints_kept"]
+
+
 @pytest.mark.parametrize("network,weights", [("resnet152", "ResNet152_Weights"), ("densenet201", "DenseNet201_Weights"),
                                              ("vgg19", "VGG19_BN_Weights")])
 def test_flops_agree_with_torchvisions_published_operation_counts(network, weights):
@@ -55,7 +62,8 @@ def test_the_plan_command_prints_per_job_costs_and_the_total(capsys):
     sweep.main([str(ROOT / "parameters" / "paper"), "--plan", "--only", "mnist-vgg11", "imagenet-vgg19", "--gpu",
                 "H100"])
     out = capsys.readouterr().out
-    assert "| imagenet-vgg19 | 10 | 8 |" in out and "| mnist-vgg11 | 25 | 1 |" in out  # 8 GPUs from _executor.yaml
+    # 8 GPUs from _executor.yaml
+    assert "| imagenet-vgg19 | 10 | 1 | 8 |" in out and "| mnist-vgg11 | 25 | 1 | 1 |" in out
     assert "GPU-hours" in out and "H100" in out
 
 

@@ -235,5 +235,5 @@ def test_a_torchvision_network_trains_on_a_prepared_store_into_a_valid_cube(prep
         torch.set_num_threads(threads)
     assert ds.attrs["data_source"] == f"store:{store}" and ds.attrs["image_shape"] == str((3, SIZE, SIZE))
     assert ds.attrs["n_train"] == N_PICK * len(CLASSES) and ds.attrs["n_test"] == N_VAL * len(CLASSES)
-    assert ds["status"].values[0] == "complete" and np.isfinite(ds["nc1"].dropna("epoch").values).all()
+    assert ds["status"].item() == "complete" and np.isfinite(ds["nc1"].dropna("epoch").values).all()
     assert ds["layer_name"].values[0] == "stem" and ds.sizes["layer"] > 4  # the per-block pass streamed too

@@ -99,23 +99,23 @@ def real_run(tmp_path_factory):
 def test_real_run_reaches_zero_error_and_collapses(real_run):
     p, path = real_run
     ds = cube.open_cube(path)
-    assert ds["status"].values[0] == "complete"
-    assert ds["train_acc"].values[0, -1] == 1.0 and ds["eval_train_acc"].values[0, -1] == 1.0
+    assert ds["status"].item() == "complete"
+    assert ds["train_acc"].values[0, 0, -1] == 1.0 and ds["eval_train_acc"].values[0, 0, -1] == 1.0
     # the eval-mode train accuracy is measured at every epoch (dense), not only at snapshots
     assert np.isfinite(ds["eval_train_acc"].values).all() and np.isfinite(ds["test_acc"].values).all()
-    nc1 = ds["nc1"].sel(lr=0.05).dropna("epoch")
+    nc1 = ds["nc1"].sel(lr=0.05, seed=0).dropna("epoch")
     assert nc1.epoch.values[0] == 1 and nc1.epoch.values[-1] == 30
     assert nc1.values[-1] * 5 <= nc1.values[0], nc1.values
     # the paper's other collapse measures also fall from the first to the last snapshot
     for key in ("equinorm_means", "maxangle_means", "self_duality"):
-        series = ds[key].sel(lr=0.05).dropna("epoch").values
+        series = ds[key].sel(lr=0.05, seed=0).dropna("epoch").values
         assert series[-1] < series[0], key
-    tpt = float(ds["tpt_epoch"].values[0])
+    tpt = ds["tpt_epoch"].item()
     # the TPT is the first epoch whose EVAL-MODE train accuracy reaches the threshold
-    eval_acc = ds["eval_train_acc"].values[0]
+    eval_acc = ds["eval_train_acc"].values[0, 0]
     assert 1 <= tpt <= 30 and eval_acc[int(tpt) - 1] >= 0.999 and (eval_acc[: int(tpt) - 1] < 0.999).all()
     assert tpt == train.tpt_start(eval_acc, 0.999)
-    assert np.isfinite(ds["robustness"].sel(lr=0.05).dropna("epoch")).all()
+    assert np.isfinite(ds["robustness"].sel(lr=0.05, seed=0).dropna("epoch")).all()
 
 
 def test_cube_geometry_reproduces_the_stored_metrics(real_run):
@@ -124,7 +124,7 @@ def test_cube_geometry_reproduces_the_stored_metrics(real_run):
     assert list(ds["geometry_epoch"].values) == list(ds["snapshot_epoch"].values)  # small: every snapshot kept
     for s, epoch in enumerate(ds["geometry_epoch"].values):
         g = ds.isel(geometry=s)
-        stored = ds.sel(lr=0.05, epoch=epoch)
+        stored = ds.sel(lr=0.05, seed=0, epoch=epoch)
         again = measure.geometry_metrics(g["class_means"].values, g["global_mean"].values,
                                          g["classifier_weight"].values)
         for key, value in again.items():
@@ -139,7 +139,7 @@ def test_cube_validates_reopens_equal_and_has_units(real_run, tmp_path):
     ds = cube.validate(cube.open_cube(path))
     assert ds.attrs["parameter_hash"] == params.digest(p) and ds.attrs["selected_lr"] == 0.05
     assert ds["train_acc"].attrs["units"] == "1" and ds["train_loss"].attrs["units"] == "nat"
-    assert ds["nc1"].dims == ("lr", "epoch") and ds.sizes["epoch"] == 30
+    assert ds["nc1"].dims == ("lr", "seed", "epoch") and ds.sizes["epoch"] == 30 and ds.sizes["seed"] == 1
     off = ~ds["epoch"].isin(ds["snapshot_epoch"])
     assert ds["nc1"].where(off).isnull().all() and ds["test_acc"].notnull().all()
     again = cube.write(ds, tmp_path / "again.nc")
@@ -164,9 +164,9 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     whole = cube.open_cube(runs.run_part(p, 0.05, tmp_path / "whole", progress=False))
     parts = tmp_path / "interrupted"
     first = cube.open_cube(runs.run_part(p, 0.05, parts, progress=False, stop_after=4))
-    assert first["status"].values[0] == "running" and int(first["epochs_done"].values[0]) == 4
+    assert first["status"].item() == "running" and first["epochs_done"].item() == 4
     resumed = cube.open_cube(runs.run_part(p, 0.05, parts, progress=False))
-    assert resumed["status"].values[0] == "complete"
+    assert resumed["status"].item() == "complete"
     drop = ["wall_time"]
     xr.testing.assert_equal(resumed.drop_vars(drop), whole.drop_vars(drop))
 
@@ -175,10 +175,10 @@ def test_diverging_lr_is_recorded_not_a_crash(tmp_path):
     p = make_params(lrs=[0.05, 1e6], epochs=4, snapshot_epochs=[1, 4])
     p["profile"] = "test"
     ds = cube.validate(cube.open_cube(runs.run(p, tmp_path, progress=False)))
-    status = dict(zip(ds["lr"].values.tolist(), ds["status"].values.tolist()))
+    status = dict(zip(ds["lr"].values.tolist(), ds["status"].values[:, 0].tolist()))
     assert status == {0.05: "complete", 1e6: "diverged"}
     assert ds.attrs["selected_lr"] == 0.05
-    assert np.isnan(ds["train_loss"].sel(lr=1e6).values[-1])
+    assert np.isnan(ds["train_loss"].sel(lr=1e6, seed=0).values[-1])
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(real_run, tmp_path, monkeypatch):
@@ -201,8 +201,77 @@ def test_merge_is_a_pure_function_of_the_parts(tmp_path):
     parts = [cube.open_cube(runs.run_part(p, lr, tmp_path, progress=False)) for lr in p["lrs"]]
     a, b = cube.merge(parts), cube.merge(parts[::-1])
     xr.testing.assert_identical(a, b)
-    best = float(a["lr"][int(np.argmax(a["test_acc"].isel(epoch=-1).values))])
+    best = float(a["lr"][int(np.argmax(a["test_acc"].isel(epoch=-1, seed=0).values))])
     assert a.attrs["selected_lr"] == best == a.attrs["geometry_lr"]
+
+
+# ----------------------------------------------------------------------------- run seeds
+
+def test_merge_over_lrs_and_seeds_selects_the_lr_per_seed(tmp_path):
+    p = make_params(lrs=[0.02, 0.05], seeds=[0, 1], epochs=3, snapshot_epochs=[1, 3], robustness_images=0)
+    parts = {(lr, seed): cube.open_cube(runs.run_part(p, lr, tmp_path, progress=False, seed=seed))
+             for lr in p["lrs"] for seed in p["seeds"]}
+    a = cube.validate(cube.merge(list(parts.values())))
+    xr.testing.assert_identical(a, cube.merge(list(parts.values())[::-1]))
+    assert list(a["seed"].values) == [0, 1] and a["train_loss"].dims == ("lr", "seed", "epoch")
+    for (lr, seed), part in parts.items():  # every (lr, seed) lands in its own place
+        np.testing.assert_array_equal(a["train_loss"].sel(lr=lr, seed=seed).values, part["train_loss"].values[0, 0])
+    for seed in (0, 1):
+        best = float(a["lr"][int(np.argmax(a["test_acc"].isel(epoch=-1).sel(seed=seed).values))])
+        assert float(a["selected_lr_by_seed"].sel(seed=seed)) == best
+    assert a.attrs["selected_lr"] == float(a["selected_lr_by_seed"][0]) == a.attrs["geometry_lr"]
+    # another initialisation and batch order, the same data and the same fixed samples
+    assert not np.array_equal(a["train_loss"].sel(seed=0).values, a["train_loss"].sel(seed=1).values)
+    assert parts[(0.05, 0)].attrs["n_train"] == parts[(0.05, 1)].attrs["n_train"]
+    np.testing.assert_array_equal(parts[(0.05, 0)]["fig1_indices"], parts[(0.05, 1)]["fig1_indices"])
+    with pytest.raises(cube.CubeError, match="missing lr 0.05 seed 1"):
+        cube.merge([v for k, v in parts.items() if k != (0.05, 1)])
+    with pytest.raises(cube.CubeError, match="two parts for lr 0.02, seed 0"):
+        cube.merge([*parts.values(), parts[(0.02, 0)]])
+
+
+def test_validate_checks_the_seed_dimension(tmp_path):
+    p = make_params(lrs=[0.05], seeds=[0, 1], epochs=2, snapshot_epochs=[2], robustness_images=0)
+    ds = cube.merge([cube.open_cube(runs.run_part(p, 0.05, tmp_path, progress=False, seed=s)) for s in (0, 1)])
+    cube.validate(ds)
+    with pytest.raises(cube.CubeError, match="seed coordinate .* distinct non-negative"):
+        cube.validate(ds.assign_coords(seed=[1, 1]))
+    with pytest.raises(cube.CubeError, match="selected_lr_by_seed .* not among the lrs"):
+        cube.validate(ds.assign(selected_lr_by_seed=ds["selected_lr_by_seed"] * 0 + 0.3))
+    with pytest.raises(cube.CubeError, match="'tpt_epoch' has dims"):
+        cube.validate(ds.assign(tpt_epoch=ds["tpt_epoch"].isel(seed=0)))
+    with pytest.raises(cube.CubeError, match="missing the seed coordinate"):
+        cube.validate(ds.isel(seed=0, drop=True))
+
+
+def test_a_resumed_seed_equals_its_uninterrupted_run(tmp_path):
+    p = make_params(seeds=[0, 1])
+    whole = cube.open_cube(runs.run_part(p, 0.05, tmp_path / "whole", progress=False, seed=1))
+    parts = tmp_path / "interrupted"
+    runs.run_part(p, 0.05, parts, progress=False, stop_after=3, seed=1)
+    assert runs.checkpoint_path(parts, 0.05, 1).is_file() and not runs.part_finished(p, 0.05, parts, 1)
+    resumed = cube.open_cube(runs.run_part(p, 0.05, parts, progress=False, seed=1))
+    assert int(resumed["seed"].values[0]) == 1 and resumed["status"].item() == "complete"
+    xr.testing.assert_equal(resumed.drop_vars("wall_time"), whole.drop_vars("wall_time"))
+    other = cube.open_cube(runs.run_part(p, 0.05, tmp_path / "seed0", progress=False, seed=0))
+    assert not np.array_equal(other["train_loss"].values, resumed["train_loss"].values)
+
+
+def test_more_seeds_reuse_the_finished_parts_and_make_a_new_cube(tmp_path):
+    p = make_params(lrs=[0.05], epochs=2, snapshot_epochs=[2], robustness_images=0)
+    p["profile"] = "test"
+    one = runs.run(p, tmp_path, progress=False)
+    _, parts = runs.paths(p, tmp_path)
+    stamp = runs.part_path(parts, 0.05, 0).stat().st_mtime_ns
+    three = params.with_seeds(p, 3)
+    assert three["seeds"] == [0, 1, 2] and runs.part_finished(three, 0.05, parts, 0)  # seed 0 is reused
+    assert not runs.is_current(one, three)  # the cube of one seed is not the cube of three
+    ds = cube.open_cube(runs.run(three, tmp_path, progress=False))
+    assert runs.part_path(parts, 0.05, 0).stat().st_mtime_ns == stamp  # not re-trained
+    assert list(ds["seed"].values) == [0, 1, 2] and ds.attrs["parameter_hash"] == params.digest(three)
+    assert runs.is_current(one, three) and not runs.is_current(one, p)
+    with pytest.raises(params.ParameterError, match="--seeds must be a positive integer"):
+        params.with_seeds(p, -1)
 
 
 # ----------------------------------------------------------------------------- faults and cache keys
