@@ -119,32 +119,41 @@ def grid_claims(profile: xr.Dataset) -> list[dict]:
     return rows
 
 
-def depth_cells(cube_dir) -> list[dict]:
-    """Per current cube of a folder, the collapse by depth of its first run seed at its selected lr: {name,
-    layer_names, layer_widths, stages, epochs, nc1, trace_ratio, ncc_acc_train, ncc_acc_test (stage x layer), rho,
-    r2 (stage), classes}."""
+def depth_cells(cube_dir, every_seed: bool = False) -> list[dict]:
+    """Per current cube of a folder, the collapse by depth of its first run seed at its selected lr (every_seed:
+    one entry per run seed, each at its own selected lr): {name, seed, seeds (how many the cube has), layer_names,
+    layer_widths, stages, epochs, nc1, trace_ratio, ncc_acc_train, ncc_acc_test (stage x layer), rho, r2 (stage),
+    classes}."""
     out = []
     for path in sorted(Path(cube_dir).glob("*.nc")):
         try:
             with xr.open_dataset(path, engine="netcdf4") as ds:
                 if cube.stale_reason(ds) or "depth_nc1" not in ds or ds.sizes.get("layer", 0) == 0:
                     continue
-                sel = cube.selected(ds)  # the first run seed at its selected lr
-                out.append({"name": path.stem, "dataset": ds.attrs["dataset"], "network": ds.attrs["network"],
-                            "classes": int(ds.sizes["class"]), "layer_names": ds["layer_name"].values.tolist(),
-                            "layer_widths": ds["layer_width"].values.tolist(),
-                            "stages": ds["depth_stage"].values.tolist(), "epochs": sel["depth_epoch"].values,
-                            **{k: sel[f"depth_{k}"].values for k in ("nc1", "trace_ratio", "ncc_acc_train",
-                                                                    "ncc_acc_test", "rho", "r2")}})
+                seeds = [int(s) for s in ds["seed"].values]
+                for seed in seeds if every_seed else seeds[:1]:
+                    out.append(_depth_cell(path, ds, seed, len(seeds)))
         except (OSError, ValueError, KeyError):
             continue
     return out
 
 
+def _depth_cell(path, ds: xr.Dataset, seed: int, n_seeds: int) -> dict:
+    sel = cube.selected(ds, seed)
+    return {"name": path.stem, "seed": seed, "seeds": n_seeds, "dataset": ds.attrs["dataset"],
+            "network": ds.attrs["network"],
+            "classes": int(ds.sizes["class"]), "layer_names": ds["layer_name"].values.tolist(),
+            "layer_widths": ds["layer_width"].values.tolist(), "stages": ds["depth_stage"].values.tolist(),
+            "epochs": sel["depth_epoch"].values,
+            **{k: sel[f"depth_{k}"].values for k in ("nc1", "trace_ratio", "ncc_acc_train", "ncc_acc_test", "rho",
+                                                     "r2")}}
+
+
 def depth_claims(cells_depth: list[dict]) -> list[dict]:
+    """The two depth claims per entry of depth_cells (a row per cell and run seed with every_seed)."""
     rows = []
     for d in cells_depth:
-        name = f"{d['dataset']} × {d['network']}"
+        name = f"{d['dataset']} × {d['network']}" + (f", seed {d['seed']}" if d.get("seeds", 1) > 1 else "")
         rho, r2 = d["rho"][-1], d["r2"][-1]
         ok = np.isfinite(rho)
         rows.append(verdict_row("depth", "depth_law", bool(rho > 0 and r2 >= 0.8) if ok else None,
@@ -156,12 +165,42 @@ def depth_claims(cells_depth: list[dict]) -> list[dict]:
         rows.append(verdict_row("depth", "depth_progressive", held,
                                 f"last block NC1 {first:.3g} → {last:.3g}; NCC train acc {acc[0]:.3f} (first block) "
                                 f"vs {acc[-1]:.3f} (last)" if ok else "not measured", name))
+        if d.get("seeds", 1) > 1:
+            rows[-2:] = [r | {"seed": d["seed"]} for r in rows[-2:]]
     return rows
 
 
-def followup_runs(followups_dir) -> dict[str, xr.Dataset]:
-    """The follow-up runs' cubes (current ones only), the first run seed at its selected lr, keyed by parameter
-    file name, each with its parameters as attrs['params'] (a dict)."""
+def followup_seeds(followups_dir) -> list[int]:
+    """The run seeds every current follow-up cube has (the follow-up claims compare runs of the same seed)."""
+    common = None
+    for path in sorted(Path(followups_dir).glob("*.nc")):
+        try:
+            with xr.open_dataset(path, engine="netcdf4") as ds:
+                if cube.stale_reason(ds):
+                    continue
+                seeds = {int(s) for s in ds["seed"].values}
+        except (OSError, ValueError, KeyError):
+            continue
+        common = seeds if common is None else common & seeds
+    return sorted(common or [])
+
+
+def followup_claims_by_seed(followups_dir) -> list[dict]:
+    """followup_claims for every seed the follow-up runs share (followup_seeds), each on that seed's runs at their
+    selected lrs; with several seeds each row's run names the seed, so a page's count reads k of n."""
+    seeds = followup_seeds(followups_dir)
+    if not seeds:
+        return followup_claims({})
+    rows = []
+    for seed in seeds:
+        for r in followup_claims(followup_runs(followups_dir, seed)):
+            rows.append(r | ({"cell": f"{r['cell']}, seed {seed}", "seed": seed} if len(seeds) > 1 else {}))
+    return rows
+
+
+def followup_runs(followups_dir, seed: int | None = None) -> dict[str, xr.Dataset]:
+    """The follow-up runs' cubes (current ones only), a run seed (default each cube's first) at its selected lr,
+    keyed by parameter file name, each with its parameters as attrs['params'] (a dict)."""
     runs = {}
     for path in sorted(Path(followups_dir).glob("*.nc")):
         try:
@@ -170,7 +209,9 @@ def followup_runs(followups_dir) -> dict[str, xr.Dataset]:
             continue
         if cube.stale_reason(ds):
             continue
-        sel = cube.selected(ds)  # the first run seed at its selected lr
+        if seed is not None and seed not in ds["seed"].values:
+            continue
+        sel = cube.selected(ds, seed)
         sel.attrs["params"] = yaml.safe_load(ds.attrs["parameters"])
         sel.attrs["run_name"] = path.stem
         runs[path.stem] = sel
@@ -265,6 +306,9 @@ def minority_by_ratio(runs: dict) -> dict[float, float]:
 def claims_markdown(rows: list[dict], page: str) -> str:
     """A page's claims: the source's claim, the rule, and per cell whether it held."""
     lines = []
+    if any(r.get("seed") is not None for r in rows):
+        lines.append("With several run seeds each claim is checked in every seed (a row per run and seed); the "
+                     "figures above draw the first seed's runs, each at its selected lr.")
     for claim, source, statement, rule in CLAIMS[page]:
         mine = [r for r in rows if r["claim"] == claim]
         held = [r["held"] for r in mine]

@@ -132,11 +132,11 @@ def _table1_claim(c: xr.Dataset) -> tuple[bool | None, str, dict]:
     acc = c["test_acc"].dropna("epoch")
     tpt = float(c["tpt_epoch"])
     if acc.size == 0 or not np.isfinite(tpt) or int(tpt) not in acc["epoch"]:
-        return None, "TPT not\nreached", {"tpt_epoch": None}
+        return None, "TPT not reached", {"tpt_epoch": None}
     a, b, last = float(acc.sel(epoch=int(tpt))), float(acc[-1]), int(acc["epoch"][-1])
     numbers = {"tpt_epoch": int(tpt), "last_epoch": last, "test_acc_tpt": a, "test_acc_last": b}
     if int(tpt) >= last:
-        return None, "TPT at the\nlast epoch", numbers
+        return None, "TPT at the last epoch", numbers
     return bool(b >= a), f"{a * 100:.1f}→{b * 100:.1f}%", numbers
 
 
@@ -152,11 +152,11 @@ def claim(figure: str, c: xr.Dataset) -> tuple[bool | None, str, dict]:
                "tpt_snapshot": ch["tpt_snapshot"], "last_epoch": ch["last_epoch"],
                **{f"{n}_{k}": changes[n][k] for n in names for k in ("first", "at_tpt", "last")}}
     if ch["last_epoch"] is None:
-        return None, "not\nmeasured", numbers
+        return None, "not measured", numbers
     if ch["tpt_snapshot"] is None:
-        return None, "TPT not\nreached", numbers
+        return None, "TPT not reached", numbers
     if ch["tpt_snapshot"] >= ch["last_epoch"]:
-        return None, "TPT at the\nlast epoch", numbers
+        return None, "TPT at the last epoch", numbers
     if figure == "fig6":
         drop = ch["first"] / ch["last"] if ch["last"] > 0 else np.inf
         held = drop >= ORDER_OF_MAGNITUDE and ch["last"] < ch["at_tpt"]

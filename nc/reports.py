@@ -155,6 +155,16 @@ def claims_by_seed_markdown(claim_rows: list[dict], figure: str) -> str:
     return "\n".join(lines)
 
 
+def tpt_text(tpts) -> str:
+    """The TPT start epochs of a cell's seeds: `not reached`, the epoch, or its spread, saying how many seeds
+    reached it when not all did."""
+    t = np.asarray(tpts, dtype=np.float64)
+    if not np.isfinite(t).any():
+        return "not reached"
+    reached = np.isfinite(t).sum()
+    return spread(t, ".0f") + (f" ({reached} of {t.size} seeds)" if reached < t.size else "")
+
+
 RUNS_HEADER = ("| dataset | network | train / test images, shape | epochs | lrs | seeds | selected lr | TPT start "
                "| status | minutes | run page |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
@@ -186,7 +196,7 @@ def runs_table(cube_dir, parameters_dir) -> dict:
         rows.append(f"| {TITLES.get(p['dataset'], p['dataset'])} | {p['network']} (width {p['width']:g}) | "
                     f"{ds.attrs['n_train']} / {ds.attrs['n_test']}, {ds.attrs['image_shape']} | {p['epochs']} | "
                     f"{len(p['lrs'])} | {ds.sizes['seed']} | {', '.join(f'{lr:g}' for lr in chosen)} | "
-                    f"{'not reached' if np.isnan(tpts).all() else spread(tpts, '.0f')} | {status} | "
+                    f"{tpt_text(tpts)} | {status} | "
                     f"{minutes:.1f} | <a href=\"runs/{path.stem}.html\">{path.stem}</a> |")
     missing = missing_cells(cube_dir)
     for m in missing:

@@ -133,3 +133,26 @@ def test_depth_is_in_every_cube_with_layer_names_and_widths(followups):
     finite = np.isfinite(ds["depth_trace_ratio"].values[0, 0, [0, 2]])
     assert finite.all()
     xr.testing.assert_equal(ds["layer_width"], cube.open_cube(followups / "demo-vgg11-mse.nc")["layer_width"])
+
+
+def _two_seeds(ds):
+    """The cube with its one seed repeated as seeds 0 and 1 (a stand-in for a two-seed run)."""
+    return ds.sel(seed=[0, 0]).assign_coords(seed=[0, 1])
+
+
+def test_follow_up_and_depth_claims_are_checked_in_every_seed(followups, tmp_path):
+    for path in followups.glob("*.nc"):
+        cube.write(cube.validate(_two_seeds(cube.open_cube(path))), tmp_path / path.name)
+    assert after.followup_seeds(followups) == [0] and after.followup_seeds(tmp_path) == [0, 1]
+    one, two = after.followup_claims(after.followup_runs(followups)), after.followup_claims_by_seed(tmp_path)
+    assert len(two) == 2 * len(one) and [r["held"] for r in two] == [r["held"] for r in one] * 2
+    assert {r["seed"] for r in two} == {0, 1} and all(r["cell"].endswith(f", seed {r['seed']}") for r in two
+                                                      if r["cell"])
+    assert after.followup_claims_by_seed(followups) == one  # one seed: the rows as they were
+    md = after.claims_markdown(two, "mse")
+    mine = [r["held"] for r in one if r["claim"] == "mse_collapse"]
+    k, n = mine.count(True), len(mine) - mine.count(None)
+    assert "checked in every seed" in md and (f"held in **{2 * k} of {2 * n}**" if n else "**not checkable**") in md
+    depth = after.depth_claims(after.depth_cells(tmp_path, every_seed=True))
+    assert len(depth) == 2 * len(after.depth_claims(after.depth_cells(followups)))
+    assert len(after.depth_cells(tmp_path)) == len(after.depth_cells(followups))  # the figure: the first seed

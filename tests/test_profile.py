@@ -163,5 +163,7 @@ def test_the_intro_lists_every_run_and_the_cells_not_run(folder):
     assert f"| 2 | {chosen} |" in vgg and f"{ds.attrs['n_train']} / {ds.attrs['n_test']}" in vgg
     assert table["minutes"] == pytest.approx(sum(float(cube.open_cube(f).attrs["wall_time_total"])
                                                  for f in (folder / "demo").glob("*.nc")) / 60)
+    assert reports.tpt_text([np.nan, np.nan]) == "not reached" and reports.tpt_text([14.0]) == "14"
+    assert reports.tpt_text([14.0, np.nan, np.nan]) == "14 (1 of 3 seeds)" and reports.tpt_text([7, 9]) == "8 [7–9]"
     md = reports.intro_markdown("demo", folder / "demo", folder / "parameters")
     assert "## What was run" in md and "*not run*" in md
