@@ -241,6 +241,26 @@ def test_only_selects_cells_and_leaves_the_others_alone(swept):
         sweep.run_profile(swept["profile"], swept["cubes"], only=["svhn"])
 
 
+def test_more_seeds_run_one_job_per_lr_and_new_seed_and_reuse_the_rest(swept, tmp_path):
+    import shutil
+
+    cubes = tmp_path / "cubes"
+    shutil.copytree(swept["cubes"], cubes)
+    one = cube.open_cube(cubes / "demo-vgg13.nc")
+    paths, out = _sweep(swept["profile"], cubes, "local", only=["demo-vgg13"], seeds=2)
+    assert "2 part(s) finished, 2 job(s) to run" in out  # seed 0 of both lrs reused, seed 1 trained
+    two = cube.validate(cube.open_cube(paths[0]))
+    assert list(two["seed"].values) == [0, 1] and two.sizes["lr"] == len(TINY["lrs"])
+    for name in ("train_loss", "test_acc", "nc1"):
+        np.testing.assert_array_equal(two[name].sel(seed=[0]).values, one[name].values, err_msg=name)
+    p = params.with_seeds(params.load(swept["profile"] / "demo-vgg13.yaml"), 2)
+    _, parts_dir = runs.paths(p, cubes)
+    assert all(runs.part_finished(p, lr, parts_dir, seed) for lr in TINY["lrs"] for seed in (0, 1))
+    assert json.loads(runs.part_path(parts_dir, TINY["lrs"][0], 1).with_suffix(".job.json").read_text())["seed"] == 1
+    _, again = _sweep(swept["profile"], cubes, "local", only=["demo-vgg13"], seeds=2)
+    assert "1 cube(s) current" in again and "0 job(s) to run" in again
+
+
 def test_plan_local_shares_cores_and_packs_gpus():
     assert executors.plan_local(63, cores=2, gpus=0) == (2, 1)
     assert executors.plan_local(3, cores=16, gpus=0) == (3, 5)
