@@ -288,7 +288,7 @@ def test_corrupt_checkpoint_restarts_that_lr_with_one_warning(tmp_path, damage):
     whole = cube.open_cube(runs.run_part(p, 0.05, tmp_path / "whole", progress=False))
     parts = tmp_path / "damaged"
     runs.run_part(p, 0.05, parts, progress=False, stop_after=3)
-    ckpt = runs.checkpoint_path(parts, 0.05, p["seed"])
+    ckpt = runs.checkpoint_path(parts, 0.05, params.run_seeds(p)[0])  # the run seed, not the data seed
     if damage == "truncated":
         ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     elif damage == "garbage":
