@@ -67,14 +67,19 @@ def improvements(profile: xr.Dataset, name: str) -> list[dict]:
             for r in change_table(profile, name)]
 
 
+def by_cell(rows: list[dict]) -> dict:
+    """Rows (one per cell and seed) grouped by cell, {(dataset column, family): [rows]}, in their order."""
+    out = {}
+    for r in rows:
+        out.setdefault((r["dataset"], r["family"]), []).append(r)
+    return out
+
+
 def improvement_summary(rows: list[dict]) -> dict:
     """Median and mean over cells of the improvements that exist (None / NaN dropped), each cell first reduced to
     the median over its seeds, and how many cells there are (n)."""
-    by_cell = {}
-    for r in rows:
-        if r["improvement"] is not None and np.isfinite(r["improvement"]):
-            by_cell.setdefault((r["dataset"], r["family"]), []).append(r["improvement"])
-    v = np.array([np.median(x) for x in by_cell.values()], dtype=np.float64)
+    kept = [r for r in rows if r["improvement"] is not None and np.isfinite(r["improvement"])]
+    v = np.array([np.median([r["improvement"] for r in rs]) for rs in by_cell(kept).values()], dtype=np.float64)
     return {"n": int(v.size), "median": float(np.median(v)) if v.size else np.nan,
             "mean": float(v.mean()) if v.size else np.nan}
 

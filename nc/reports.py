@@ -32,14 +32,6 @@ def spread(values, fmt: str = ".3g") -> str:
     return f"{np.median(v):{fmt}} [{v.min():{fmt}}–{v.max():{fmt}}]"
 
 
-def _by_cell(rows: list[dict]) -> dict:
-    """analysis rows grouped by cell (dataset column, family), in their order."""
-    out = {}
-    for r in rows:
-        out.setdefault((r["dataset"], r["family"]), []).append(r)
-    return out
-
-
 def summary_markdown(profile: xr.Dataset, names, label: str, fmt: str = ".3g") -> str:
     """A Markdown table per cell of `names` at the first snapshot, the TPT start and the last epoch (with several
     seeds: median [min–max] over them), and one sentence counting the curves (cell x seed) whose last value is
@@ -48,7 +40,7 @@ def summary_markdown(profile: xr.Dataset, names, label: str, fmt: str = ".3g") -
              "|---|---|---|---|---|---|---|---|"]
     lower, total = 0, 0
     for name in names:
-        for rows in _by_cell(analysis.change_table(profile, name)).values():
+        for rows in analysis.by_cell(analysis.change_table(profile, name)).values():
             r = rows[0]
             reached = [x for x in rows if np.isfinite(x["at_tpt"])]
             tpt = spread([x["tpt_epoch"] for x in reached], ".0f") if reached else "never reached"
@@ -68,7 +60,7 @@ def table1_markdown(profile: xr.Dataset, paper: dict) -> str:
     """Table 1 beside the paper's: every dataset x network of the paper, '—' where this profile has no run. With
     several seeds: median [min–max] over them, the lr selected for each seed, and in how many seeds the test
     accuracy at the last epoch was at least that at the TPT start."""
-    ours = _by_cell(analysis.accuracy_table(profile))
+    ours = analysis.by_cell(analysis.accuracy_table(profile))
     theirs = {(r["dataset"], r["family"]): r for r in analysis.paper_table1(paper)}
     names = paper.get("networks", {})
     header = ("| dataset | network (paper / here) | paper: at zero error | paper: last epoch | "
