@@ -8,6 +8,7 @@ collapse) on the cubes of the `followups` profile (cubes/followups/, beside the 
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,8 @@ import xarray as xr
 import yaml
 
 from nc import cube
-from nc.analysis import runs as cell_seed_runs
-from nc.analysis import tpt_change
-from nc.profile import seed_runs
+from nc.analysis import HELD_WORD, tpt_change
+from nc.profile import cells, seed_runs
 
 FOLLOWUPS = "followups"  # the profile whose runs the follow-up pages read
 FILL_COMMAND = "nox -s reproduce -- followups"
@@ -79,10 +79,11 @@ CLAIMS = {
 }
 
 
-def verdict_row(page: str, claim: str, held, text: str, cell: str = "") -> dict:
+def verdict_row(page: str, claim: str, held, text: str, cell: str = "", seed: int | None = None) -> dict:
+    """One claim checked in one run: held True / False / None (not checkable), seed None for a one-seed run."""
     source, statement, rule = next((s, st, r) for c, s, st, r in CLAIMS[page] if c == claim)
     return {"page": page, "claim": claim, "source": source, "statement": statement, "rule": rule, "cell": cell,
-            "held": held, "text": text}
+            "held": held, "text": text, "seed": seed}
 
 
 def _reached(ch: dict) -> bool:
@@ -91,32 +92,39 @@ def _reached(ch: dict) -> bool:
 
 def grid_claims(profile: xr.Dataset) -> list[dict]:
     """The CDNV, test-collapse and ETF-error claims in every cell of a profile's grid, seed by seed (a row per
-    cell and run seed, each at the lr selected for it)."""
+    cell and run seed, each at the lr selected for it; `seed` is set when the cell has several)."""
     rows = []
-    for _, _, cell, seed, c in cell_seed_runs(profile):
-        name = f"{cell['dataset'].values} × {cell['network_name'].values}" + (
-            f", seed {seed}" if len(seed_runs(cell)) > 1 else "")
-        ch = {v: tpt_change(c, v) for v in ("cdnv_train", "cdnv_test", "nc1_test", "nc1", "etf_error_means",
-                                             "etf_error_classifiers", "classifier_mean_alignment")}
-        t = ch["cdnv_train"]
-        rows.append(verdict_row("cdnv", "cdnv_train", bool(t["last"] < t["at_tpt"]) if _reached(t) else None,
-                                f"{t['at_tpt']:.3g} → {t['last']:.3g}" if _reached(t) else "TPT not reached", name))
-        t = ch["cdnv_test"]
-        ok = t["last_epoch"] is not None and t["first_epoch"] != t["last_epoch"] and np.isfinite(t["last"])
-        rows.append(verdict_row("cdnv", "cdnv_test", bool(t["last"] < t["first"]) if ok else None,
-                                f"{t['first']:.3g} → {t['last']:.3g}" if ok else "not measured", name))
-        t, n = ch["nc1_test"], ch["nc1"]
-        ok = t["last_epoch"] is not None and np.isfinite(t["last"]) and n["last"] > 0
-        ratio = t["last"] / n["last"] if ok else np.nan
-        rows.append(verdict_row("cdnv", "nc1_test", bool(ratio >= TEN) if ok else None,
-                                f"test {t['last']:.3g} / train {n['last']:.3g} = {ratio:.3g}" if ok else "not measured",
-                                name))
-        keys = ("etf_error_means", "etf_error_classifiers", "classifier_mean_alignment")
-        ok = all(_reached(ch[k]) for k in keys)
-        rows.append(verdict_row("etf", "etf_errors", all(ch[k]["last"] < ch[k]["at_tpt"] for k in keys) if ok else None,
-                                "; ".join(f"{ch[k]['at_tpt']:.3g} → {ch[k]['last']:.3g}" for k in keys) if ok
-                                else "TPT not reached", name))
+    for _, _, cell in cells(profile):
+        seeds = seed_runs(cell)
+        for seed, c in seeds:
+            several = len(seeds) > 1
+            name = f"{cell['dataset'].values} × {cell['network_name'].values}" + (f", seed {seed}" if several else "")
+            rows += _grid_rows(c, partial(verdict_row, cell=name, seed=seed if several else None))
     return rows
+
+
+def _grid_rows(c: xr.Dataset, row) -> list[dict]:
+    """The grid claims in one run, each made by row(page, claim, held, text)."""
+    ch = {v: tpt_change(c, v) for v in ("cdnv_train", "cdnv_test", "nc1_test", "nc1", "etf_error_means",
+                                         "etf_error_classifiers", "classifier_mean_alignment")}
+    t = ch["cdnv_train"]
+    out = [row("cdnv", "cdnv_train", bool(t["last"] < t["at_tpt"]) if _reached(t) else None,
+               f"{t['at_tpt']:.3g} → {t['last']:.3g}" if _reached(t) else "TPT not reached")]
+    t = ch["cdnv_test"]
+    ok = t["last_epoch"] is not None and t["first_epoch"] != t["last_epoch"] and np.isfinite(t["last"])
+    out.append(row("cdnv", "cdnv_test", bool(t["last"] < t["first"]) if ok else None,
+                   f"{t['first']:.3g} → {t['last']:.3g}" if ok else "not measured"))
+    t, n = ch["nc1_test"], ch["nc1"]
+    ok = t["last_epoch"] is not None and np.isfinite(t["last"]) and n["last"] > 0
+    ratio = t["last"] / n["last"] if ok else np.nan
+    out.append(row("cdnv", "nc1_test", bool(ratio >= TEN) if ok else None,
+                   f"test {t['last']:.3g} / train {n['last']:.3g} = {ratio:.3g}" if ok else "not measured"))
+    keys = ("etf_error_means", "etf_error_classifiers", "classifier_mean_alignment")
+    ok = all(_reached(ch[k]) for k in keys)
+    out.append(row("etf", "etf_errors", all(ch[k]["last"] < ch[k]["at_tpt"] for k in keys) if ok else None,
+                   "; ".join(f"{ch[k]['at_tpt']:.3g} → {ch[k]['last']:.3g}" for k in keys) if ok
+                   else "TPT not reached"))
+    return out
 
 
 def depth_cells(cube_dir, every_seed: bool = False) -> list[dict]:
@@ -153,20 +161,20 @@ def depth_claims(cells_depth: list[dict]) -> list[dict]:
     """The two depth claims per entry of depth_cells (a row per cell and run seed with every_seed)."""
     rows = []
     for d in cells_depth:
-        name = f"{d['dataset']} × {d['network']}" + (f", seed {d['seed']}" if d.get("seeds", 1) > 1 else "")
+        several = d.get("seeds", 1) > 1
+        name = f"{d['dataset']} × {d['network']}" + (f", seed {d['seed']}" if several else "")
+        row = partial(verdict_row, cell=name, seed=d["seed"] if several else None)
         rho, r2 = d["rho"][-1], d["r2"][-1]
         ok = np.isfinite(rho)
-        rows.append(verdict_row("depth", "depth_law", bool(rho > 0 and r2 >= 0.8) if ok else None,
-                                f"rho {rho:.3g}, R² {r2:.3f}" if ok else "not measured", name))
+        rows.append(row("depth", "depth_law", bool(rho > 0 and r2 >= 0.8) if ok else None,
+                        f"rho {rho:.3g}, R² {r2:.3f}" if ok else "not measured"))
         first, last = d["nc1"][0, -1], d["nc1"][-1, -1]
         acc = d["ncc_acc_train"][-1]
         ok = np.isfinite(first) and np.isfinite(last) and np.isfinite(acc[[0, -1]]).all()
         held = bool(last < first and acc[-1] >= acc[0]) if ok else None
-        rows.append(verdict_row("depth", "depth_progressive", held,
-                                f"last block NC1 {first:.3g} → {last:.3g}; NCC train acc {acc[0]:.3f} (first block) "
-                                f"vs {acc[-1]:.3f} (last)" if ok else "not measured", name))
-        if d.get("seeds", 1) > 1:
-            rows[-2:] = [r | {"seed": d["seed"]} for r in rows[-2:]]
+        rows.append(row("depth", "depth_progressive", held,
+                        f"last block NC1 {first:.3g} → {last:.3g}; NCC train acc {acc[0]:.3f} (first block) "
+                        f"vs {acc[-1]:.3f} (last)" if ok else "not measured"))
     return rows
 
 
@@ -317,6 +325,6 @@ def claims_markdown(rows: list[dict], page: str) -> str:
         lines.append(f"**{source}:** {statement}. *Rule:* {rule}. *Here:* {verdict}.")
         if mine:
             lines.append("| run | verdict | numbers |\n|---|---|---|\n" + "\n".join(
-                f"| {r['cell'] or '—'} | {({True: 'held', False: 'did not hold', None: 'not checkable'})[r['held']]} "
+                f"| {r['cell'] or '—'} | {HELD_WORD[r['held']]} "
                 f"| {r['text']} |" for r in mine))
     return "\n\n".join(lines)

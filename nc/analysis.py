@@ -177,6 +177,8 @@ def claim(figure: str, c: xr.Dataset) -> tuple[bool | None, str, dict]:
 
 
 VERDICTS = ("held", "some", "not held", "not checkable")  # in all checkable seeds, in some, in none; none checkable
+HELD_MARK = {True: "✓", False: "✗", None: "–"}  # one run's claim: held, did not hold, not checkable
+HELD_WORD = {True: "held", False: "did not hold", None: "not checkable"}
 
 
 def verdict(k: int, n: int) -> str:
@@ -200,7 +202,7 @@ def claims(profile: xr.Dataset) -> list[dict]:
             if len(per_seed) == 1:
                 text = per_seed[0]["text"]
             else:
-                marks = " ".join(f"{r['seed']}{({True: '✓', False: '✗', None: '–'})[r['held']]}" for r in per_seed)
+                marks = " ".join(f"{r['seed']}{HELD_MARK[r['held']]}" for r in per_seed)
                 text = f"in {k} of {n} seeds\n{marks}"
             out.append({"figure": figure, **_names(col, row, c), "k": k, "n": n, "n_seeds": len(per_seed),
                         "verdict": verdict(k, n), "held": None if n == 0 else k == n, "text": text,

@@ -138,11 +138,11 @@ def claims_markdown(claim_rows: list[dict]) -> str:
 
 def claims_by_seed_markdown(claim_rows: list[dict], figure: str) -> str:
     """One figure's claim per cell and seed: the verdict and the numbers of every seed (for several seeds)."""
-    mark = {True: "held", False: "did not hold", None: "not checkable"}
     lines = ["| dataset | network | seed | verdict | numbers |", "|---|---|---|---|---|"]
     for r in (r for r in claim_rows if r["figure"] == figure):
         for s in r["per_seed"]:
-            lines.append(f"| {TITLES[r['dataset_name']]} | {r['network']} | {s['seed']} | {mark[s['held']]} | "
+            lines.append(f"| {TITLES[r['dataset_name']]} | {r['network']} | {s['seed']} | "
+                         f"{analysis.HELD_WORD[s['held']]} | "
                          f"{s['text'].replace(chr(10), '; ')} |")
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import xarray as xr
 
-from nc import after, cube, data, models, params, runs
+from nc import after, cube, data, models, params, profile, runs
 
 TINY = {"dataset": "demo", "network": "vgg11", "width": 0.125, "n_per_class": 20, "test_n_per_class": 10,
         "image_size": 16, "epochs": 6, "lrs": [0.05], "snapshot_epochs": [1, 3, 6], "robustness_images": 0,
@@ -155,4 +155,19 @@ def test_follow_up_and_depth_claims_are_checked_in_every_seed(followups, tmp_pat
     assert "checked in every seed" in md and (f"held in **{2 * k} of {2 * n}**" if n else "**not checkable**") in md
     depth = after.depth_claims(after.depth_cells(tmp_path, every_seed=True))
     assert len(depth) == 2 * len(after.depth_claims(after.depth_cells(followups)))
+    assert sorted(r["seed"] for r in depth) == [0] * (len(depth) // 2) + [1] * (len(depth) // 2)
+    assert all(r["seed"] is None for r in after.depth_claims(after.depth_cells(followups)))
+    grids = {}
+    for folder in (followups, tmp_path):  # the CE run alone as a one-cell grid, with one seed and with two
+        grid_dir = tmp_path / f"grid-{folder.name}"
+        grid_dir.mkdir()
+        (grid_dir / "demo-vgg11.nc").write_bytes((folder / "demo-vgg11-ce.nc").read_bytes())
+        grids[folder] = after.grid_claims(profile.open_profile(grid_dir))
+    one, two = grids[followups], grids[tmp_path]
+    assert len(two) == 2 * len(one) and [r["held"] for r in two] == [r["held"] for r in one] * 2
+    assert all(r["seed"] is None and not r["cell"].endswith("seed 0") for r in one)
+    assert [r["seed"] for r in two] == [0] * len(one) + [1] * len(one)
+    assert all(r["cell"].endswith(f", seed {r['seed']}") for r in two)
+    assert "checked in every seed" in after.claims_markdown(two, "cdnv")
+    assert "checked in every seed" not in after.claims_markdown(one, "cdnv")
     assert len(after.depth_cells(tmp_path)) == len(after.depth_cells(followups))  # the figure: the first seed
