@@ -64,7 +64,7 @@ def book(session):
 
 @nox.session
 def bench(session):
-    """Costs as ratios to baselines timed in the same run (nc.bench) -> bench/; `-- --gpu`: the GPU suite."""
+    """Costs as ratios to baselines timed in the same run (nc.bench.suite) -> bench/; `-- --gpu`: the GPU suite."""
     py = _python(session)
     session.run(py, "-m", "nc.bench", *session.posargs, external=True)
 

@@ -8,7 +8,10 @@ import pytest
 import torch
 import xarray as xr
 
-from nc import after, cube, data, models, params, profile, runs
+from nc import data, models, runs
+from nc.report import after
+from nc.report import profiles as profile
+from nc.runs import cube, params
 
 TINY = {"dataset": "demo", "network": "vgg11", "width": 0.125, "n_per_class": 20, "test_n_per_class": 10,
         "image_size": 16, "epochs": 6, "lrs": [0.05], "snapshot_epochs": [1, 3, 6], "robustness_images": 0,

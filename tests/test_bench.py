@@ -1,4 +1,4 @@
-"""nc.bench: the quick benchmark and the GPU suite (on a CPU, tiny) run end to end and write well-formed records
+"""nc.bench.suite: the quick benchmark and the GPU suite (on a CPU, tiny) run end to end and write well-formed records
 (timings are never checked); the transcription of the authors' NC1 and the float64 reference are exact in float64;
 the bf16 comparison applies its tolerance rule as stated."""
 import json
@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from nc import bench, bench_cases, bench_gpu, measure
+from nc import measure
+from nc.bench import cases as bench_cases
+from nc.bench import gpu as bench_gpu
+from nc.bench import suite as bench
 
 RATIO_KEYS = {"ratio_of", "numerator", "denominator"}
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from nc import book
+from nc.report import book
 
 FOLLOWUP_PAGES = {"mse", "fixed_etf", "weight_decay", "imbalance"}
 
@@ -73,7 +73,7 @@ def test_every_page_is_rendered_with_its_images(built):
 
 def test_a_cell_with_two_seeds_is_drawn_with_its_spread_and_counted_k_of_n(built):
     cubes, out, index = built
-    from nc import cube
+    from nc.runs import cube
 
     ds = cube.open_cube(cubes / "demo-vgg11.nc")
     assert list(ds["seed"].values) == [0, 1] and ds["nc1"].dims == ("lr", "seed", "epoch")

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nc import central_path as cp
+from nc.measure import central_path as cp
 
 
 def features(counts, p, rng, offset=0.0, scale=1.0):

@@ -328,7 +328,7 @@ def test_an_npz_dir_that_does_not_exist_is_named(monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------------------- torchvision's own file formats
 # CIFAR100, SVHN and STL10 cannot be downloaded here: small files written in their formats go through torchvision's
-# real readers (only their md5 checks are bypassed), so a change in how nc.sources reads them would show.
+# real readers (only their md5 checks are bypassed), so a change in how nc.data.sources reads them would show.
 
 def _cifar100_files(root, rng):
     import pickle

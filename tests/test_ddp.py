@@ -1,4 +1,4 @@
-"""nc.ddp on the CPU, gloo backend, 2 processes (this file run as a script, with torchrun's variables): a DDP run
+"""nc.train.ddp on the CPU, gloo backend, 2 processes (this file run as a script, with torchrun's variables): a DDP run
 of a float64 network without BatchNorm equals the single-process run with the same global batch (every epoch
 value, snapshot metric, depth value and the geometry, as records and as cubes); a DDP run stopped and resumed
 equals an uninterrupted one bitwise; the checkpoint is the bare model's; BatchNorm is per rank and rank 0's
@@ -25,8 +25,11 @@ import xarray as xr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nc import cube, ddp, depth, followups, measure, models, params, train  # noqa: E402
-from nc.loader import TensorSplit  # noqa: E402
+from nc import measure, models, train  # noqa: E402
+from nc.data.loader import TensorSplit  # noqa: E402
+from nc.measure import depth, distributed, followups  # noqa: E402
+from nc.runs import cube, params  # noqa: E402
+from nc.train import ddp, loop  # noqa: E402
 
 LR, STOP_AFTER, C = 0.1, 3, 5
 # 101 train rows, global batch 16: 6 full batches (8 rows per rank) and a last one of 5 (3 + 2 rows, loss-scaled)
@@ -70,7 +73,7 @@ def _worker(cfg: dict) -> None:
     torch.set_num_threads(1)
     ctx = ddp.setup("cpu")
     assert ctx.world_size == 2 and ctx.distributed
-    train.build_model = build_mlp
+    loop.build_model = build_mlp
     try:
         for job in cfg["jobs"]:
             record = train.train_one_lr(run_params(), LR, planted_data(), checkpoint=Path(job["checkpoint"]),
@@ -134,7 +137,7 @@ def runs_(tmp_path_factory):
     wrapper are built again and every rank reads rank 0's file, as after a requeue)."""
     tmp = tmp_path_factory.mktemp("ddp")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, "build_model", build_mlp)
+        mp.setattr(loop, "build_model", build_mlp)
         single = train.train_one_lr(run_params(), LR, planted_data(), checkpoint=tmp / "single.ckpt", progress=False)
     job = lambda name, stop=None: {"checkpoint": str(tmp / f"{name}.ckpt"), "stop_after": stop, "out": str(tmp / name)}
     launch(tmp, {"jobs": [job("whole"), job("stopped", STOP_AFTER), dict(job("stopped"), out=str(tmp / "resumed"))],
@@ -298,16 +301,16 @@ def test_merge_accumulator_is_a_no_op_for_one_process():
 def test_the_ranks_batches_are_the_single_process_batches(monkeypatch, world, n):
     B = 96 if world == 3 else 16 * world  # global batch
     order = torch.randperm(n, generator=torch.Generator().manual_seed(n))
-    monkeypatch.setattr(ddp, "_CURRENT", [ddp.Context()])
+    monkeypatch.setattr(distributed, "_CURRENT", [ddp.Context()])
     seen_one = n - ddp.tail_skipped(n, B)
     one, steps_one = ddp.shard_epoch(order[:seen_one], B)
-    monkeypatch.setattr(ddp, "_CURRENT", [ddp.Context(0, world)])
+    monkeypatch.setattr(distributed, "_CURRENT", [ddp.Context(0, world)])
     m = n % B
     seen = n - ddp.tail_skipped(n, B)
     assert seen == (n - m if 0 < m < 2 * world else n)  # a tail that cannot give every rank 2 images is skipped
     ranks = []
     for r in range(world):
-        monkeypatch.setattr(ddp, "_CURRENT", [ddp.Context(r, world)])
+        monkeypatch.setattr(distributed, "_CURRENT", [ddp.Context(r, world)])
         rows, steps = ddp.shard_epoch(order[:seen], B)
         ranks.append(list(rows.split(B // world)))
         assert steps == [min(B, seen - i) for i in range(0, seen, B)]

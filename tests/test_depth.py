@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from scipy import stats
 
-from nc import depth
+from nc.measure import depth
 
 C = 5
 CODES = np.array([0.0, 1.0, 2.0, 3.0, 3.0])

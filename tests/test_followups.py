@@ -6,7 +6,8 @@ import pytest
 import torch
 from test_measure import orthonormal, planted_features, simplex_etf
 
-from nc import followups, measure
+from nc import measure
+from nc.measure import followups
 
 SIZES = [(2, 3, 6), (10, 32, 8), (100, 128, 4)]  # (C, p, n per class), p >= C-1
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from nc import imbalance
-from nc.data import balanced_indices
+from nc.data import balanced_indices, sampling
+from nc.measure import imbalance
 
 
 def simplex_etf_rows(C, p, rng):
@@ -17,16 +17,16 @@ def simplex_etf_rows(C, p, rng):
 
 
 def test_class_counts_halves_rounding_and_override():
-    assert imbalance.class_counts(500, 10, 10) == [500] * 5 + [50] * 5
-    assert imbalance.class_counts(500, 10) == [500] * 10
-    assert imbalance.class_counts(500, 10, 1) == [500] * 10
-    assert imbalance.class_counts(7, 4, 2) == [7, 7, 4, 4]          # 3.5 rounds half up
-    assert imbalance.class_counts(10, 4, 3) == [10, 10, 3, 3]       # 3.33 -> 3
-    assert imbalance.class_counts(10, 4, 1.6) == [10, 10, 6, 6]     # 6.25 -> 6
-    assert imbalance.class_counts(3, 4, 100) == [3, 3, 1, 1]        # at least 1
-    assert imbalance.class_counts(100, 5, 10) == [100, 100, 100, 10, 10]  # odd C: ceil(C/2) majority
-    assert imbalance.class_counts(None, 3, 5, counts=[4, 2, 9]) == [4, 2, 9]
-    assert imbalance.class_counts(100, 3, 5, counts=np.array([4, 2, 9])) == [4, 2, 9]
+    assert sampling.class_counts(500, 10, 10) == [500] * 5 + [50] * 5
+    assert sampling.class_counts(500, 10) == [500] * 10
+    assert sampling.class_counts(500, 10, 1) == [500] * 10
+    assert sampling.class_counts(7, 4, 2) == [7, 7, 4, 4]          # 3.5 rounds half up
+    assert sampling.class_counts(10, 4, 3) == [10, 10, 3, 3]       # 3.33 -> 3
+    assert sampling.class_counts(10, 4, 1.6) == [10, 10, 6, 6]     # 6.25 -> 6
+    assert sampling.class_counts(3, 4, 100) == [3, 3, 1, 1]        # at least 1
+    assert sampling.class_counts(100, 5, 10) == [100, 100, 100, 10, 10]  # odd C: ceil(C/2) majority
+    assert sampling.class_counts(None, 3, 5, counts=[4, 2, 9]) == [4, 2, 9]
+    assert sampling.class_counts(100, 3, 5, counts=np.array([4, 2, 9])) == [4, 2, 9]
 
 
 @pytest.mark.parametrize("args, kwargs, name", [
@@ -37,32 +37,32 @@ def test_class_counts_halves_rounding_and_override():
 ])
 def test_class_counts_errors_name_the_argument(args, kwargs, name):
     with pytest.raises(ValueError, match=name):
-        imbalance.class_counts(*args, **kwargs)
+        sampling.class_counts(*args, **kwargs)
 
 
 def test_counts_indices_exact_counts_without_replacement():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, size=2000)
     counts = [100, 100, 100, 10, 3]
-    idx = imbalance.counts_indices(labels, counts, seed=3)
+    idx = sampling.counts_indices(labels, counts, seed=3)
     assert np.bincount(labels[idx], minlength=5).tolist() == counts
     assert len(np.unique(idx)) == len(idx) == sum(counts)
-    assert np.array_equal(idx, imbalance.counts_indices(labels, counts, seed=3))
-    assert not np.array_equal(idx, imbalance.counts_indices(labels, counts, seed=4))
+    assert np.array_equal(idx, sampling.counts_indices(labels, counts, seed=3))
+    assert not np.array_equal(idx, sampling.counts_indices(labels, counts, seed=4))
     assert not np.array_equal(np.sort(labels[idx]), labels[idx])  # shuffled, not grouped by class
 
 
 @pytest.mark.parametrize("seed", [0, 1, 12345])
 def test_equal_counts_give_balanced_indices(seed):
     labels = np.random.default_rng(seed).integers(0, 4, size=600)
-    assert np.array_equal(imbalance.counts_indices(labels, [37] * 4, seed),
+    assert np.array_equal(sampling.counts_indices(labels, [37] * 4, seed),
                           balanced_indices(labels, 37, 4, seed))
 
 
 def test_counts_indices_short_class_error():
     labels = np.repeat(np.arange(3), [50, 8, 50])
     with pytest.raises(ValueError, match=r"class 1 has 8 rows"):
-        imbalance.counts_indices(labels, [10, 10, 10], seed=0)
+        sampling.counts_indices(labels, [10, 10, 10], seed=0)
 
 
 def test_minority_classifiers_equal_collapse_to_one():
@@ -121,5 +121,5 @@ def test_group_errors_and_singletons():
     for bad in ([], [0, 1, 2, 3], [4], [1, 1]):
         with pytest.raises(ValueError, match="minority"):
             imbalance.minority_collapse(W, bad)
-    assert imbalance.minority_classes([50, 50, 5, 5]) == [2, 3]
-    assert imbalance.minority_classes([5, 5]) == []
+    assert sampling.minority_classes([50, 50, 5, 5]) == [2, 3]
+    assert sampling.minority_classes([5, 5]) == []

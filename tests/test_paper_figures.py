@@ -11,8 +11,8 @@ import pytest
 import xarray as xr
 import yaml
 
-from nc import analysis, fig1, grid, pages, reports
 from nc.data import DATASETS
+from nc.report import analysis, fig1, grid, pages, reports
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_TEXT = Path("/work/shared/paper/000_6551384d1c0f97b8.txt")
@@ -42,7 +42,8 @@ ACC_B = np.array([.1, .2, .3, .4, .5, .80, .85, .80, .79, .79])  # epoch 6 exact
 
 
 def grid_of(cells: dict, datasets, networks) -> xr.Dataset:
-    """Dims (dataset, network, seed, epoch) as nc.profile.open_profile returns them, from {(dataset, family): [one
+    """Dims (dataset, network, seed, epoch) as nc.report.profiles.open_profile returns them, from {(dataset, family):
+    [one
     cell_vars dict per seed]}; every cell has the same number of seeds."""
     n_seeds = len(next(iter(cells.values())))
     data = {}
@@ -222,7 +223,7 @@ def test_three_seeds_are_counted_k_of_n_with_their_spread_and_per_cell_medians()
 
 
 def test_a_seed_without_a_complete_run_is_left_out_and_a_short_seed_does_not_cut_the_band():
-    from nc import profile as profile_mod
+    from nc.report import profiles as profile_mod
 
     prof = three_seed_profile()
     prof["selected_lr"].loc[{"dataset": "demo", "network": "vgg", "seed": 2}] = np.nan  # every lr of seed 2 failed
@@ -341,7 +342,8 @@ def test_paper_values_match_the_papers_text_row_by_row():
 def tiny_cubes(tmp_path_factory):
     import torch
 
-    from nc import params, runs
+    from nc import runs
+    from nc.runs import params
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("cubes")
@@ -377,7 +379,7 @@ def test_grid_page_summary_is_the_cubes_values(name, tiny_cubes, tmp_path):
     or after tpt_epoch, and at the last epoch: recomputed here from the cube with xarray alone."""
     import xarray as xr
 
-    from nc import cube
+    from nc.runs import cube
 
     images, text = execute(name, tiny_cubes, tmp_path)
     assert len(images) == 1

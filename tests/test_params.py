@@ -1,7 +1,7 @@
 """Parameter files: defaults merge, and one clear error naming the file and the key."""
 import pytest
 
-from nc import params
+from nc.runs import params
 
 
 def write(tmp_path, text, name="demo-vgg11.yaml"):

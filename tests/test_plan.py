@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from nc import data, plan
+from nc import data
+from nc.runs import plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +58,7 @@ def test_flops_agree_with_torchvisions_published_operation_counts(network, weigh
 
 
 def test_the_plan_command_prints_per_job_costs_and_the_total(capsys):
-    from nc import sweep
+    from nc.runs import sweep
 
     sweep.main([str(ROOT / "parameters" / "paper"), "--plan", "--only", "mnist-vgg11", "imagenet-vgg19", "--gpu",
                 "H100"])
@@ -68,7 +69,8 @@ def test_the_plan_command_prints_per_job_costs_and_the_total(capsys):
 
 
 def test_an_unknown_profile_is_named():
-    from nc import book, sweep
+    from nc.report import book
+    from nc.runs import sweep
 
     with pytest.raises(SystemExit, match="no profile folder .*nowhere"):
         sweep.main([str(ROOT / "parameters" / "nowhere")])

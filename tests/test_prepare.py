@@ -1,4 +1,5 @@
-"""nc.prepare + nc.store: a generated ImageFolder of odd-sized JPEGs becomes a uint8 store equal, pixel for pixel,
+"""nc.data.prepare + nc.data.store: a generated ImageFolder of odd-sized JPEGs becomes a uint8 store equal, pixel for
+pixel,
 to an independent PIL + torchvision recomputation; hashes, labels, balanced subset and float64 statistics check
 against hashlib / numpy; a SIGKILLed prepare resumes to a byte-identical store; StoreSplit streams exactly the
 standardised rows asked for; user errors are clear."""
@@ -18,9 +19,9 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from nc import prepare as P
 from nc.data import balanced_indices
-from nc.store import StoreUnavailable, channel_stats, open_store
+from nc.data import prepare as P
+from nc.data.store import StoreUnavailable, channel_stats, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["n0001", "n0002", "n0003", "n0004"]
@@ -218,7 +219,8 @@ def test_clear_errors(tmp_path, monkeypatch):
 def test_a_torchvision_network_trains_on_a_prepared_store_into_a_valid_cube(prepared, tmp_path):
     """The paper profile's ImageNet path end to end, tiny: the generated ImageFolder's store at 64 px streams
     (DataLoader workers) into 2 epochs of torchvision's ResNet18 with its ImageNet stem, and a valid cube comes out."""
-    from nc import cube, params, runs
+    from nc import runs
+    from nc.runs import cube, params
 
     _, store = prepared
     threads = torch.get_num_threads()

@@ -1,4 +1,5 @@
-"""A profile's cubes as the figures' grid (nc.profile), the intro's table of runs and the summaries (nc.reports),
+"""A profile's cubes as the figures' grid (nc.report.profiles), the intro's table of runs and the summaries
+(nc.report.reports),
 asserted against the cubes' own values; duplicates, stale and empty folders. The VGG cell has two run seeds, the
 ResNet cell one: every reader is checked against each seed at its own selected lr."""
 import shutil
@@ -7,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from nc import cube, grid, params, profile, reports, runs
+from nc import runs
+from nc.report import grid, reports
+from nc.report import profiles as profile
+from nc.runs import cube, params
 
 TINY = {"dataset": "demo", "width": 0.125, "n_per_class": 12, "test_n_per_class": 5, "image_size": 16, "epochs": 4,
         "lrs": [0.02, 0.05], "snapshot_epochs": [1, 2, 4], "robustness_images": 0, "fig1_samples": 3, "device": "cpu",
@@ -136,7 +140,7 @@ def test_several_seeds_are_drawn_as_the_median_and_a_min_max_band(folder):
 
 
 def test_claims_are_checked_per_seed_and_counted_k_of_n(folder):
-    from nc import analysis
+    from nc.report import analysis
 
     prof = profile.open_profile(folder / "demo")
     rows = analysis.claims(prof)

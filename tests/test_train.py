@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from nc import cube, measure, params, runs, train
+from nc import measure, runs, train
+from nc.runs import cube, params
 
 TINY = dict(dataset="demo", network="vgg11", width=0.125, n_per_class=20, test_n_per_class=10,
             image_size=16, epochs=6, lrs=[0.05], snapshot_epochs=[1, 3, 6], robustness_images=5,
@@ -65,7 +66,7 @@ def test_snapshot_schedule_is_close_to_the_authors_list():
 
 
 def test_paper_profile_uses_the_authors_snapshot_epochs_and_fig1_epochs_are_snapshots():
-    from nc import fig1
+    from nc.report import fig1
 
     for f in params.profile_files(ROOT / "parameters" / "paper"):
         p = params.load(f)
@@ -335,7 +336,7 @@ def test_finished_checkpoints_are_deleted_once_merged_unless_kept(tmp_path):
 
 
 def test_an_older_format_is_stale_and_rebuilt_never_half_read(real_run, tmp_path):
-    from nc import profile as profile_mod
+    from nc.report import profiles as profile_mod
 
     p, path = real_run
     old = cube.open_cube(path)
@@ -361,7 +362,7 @@ def test_corrupt_cube_error_names_the_file_and_the_command(tmp_path):
     with pytest.raises(cube.CubeError) as err:
         cube.open_cube(bad)
     assert str(bad) in str(err.value) and "nox -s reproduce -- quick" in str(err.value)
-    from nc import profile as profile_mod
+    from nc.report import profiles as profile_mod
 
     stale = profile_mod.stale_cubes(profile_mod.open_profile(bad.parent))
     assert stale[0]["file"] == str(bad) and "cannot be read" in stale[0]["reason"]
@@ -391,7 +392,7 @@ def test_a_network_too_narrow_for_rank_c_minus_1_is_an_error_naming_the_file_and
 def test_an_imagenet_cell_keeps_its_geometry_under_a_gigabyte():
     """C = 1000, p = 4096 (VGG19), the 50 snapshots of 300 epochs: the kept geometry fits the budget in float32, and
     it keeps the first and last snapshot and Fig. 1's epochs; a small cell keeps every snapshot."""
-    from nc import fig1
+    from nc.report import fig1
 
     snaps = train.snapshot_schedule(300, 50)
     for p in (2048, 4096):

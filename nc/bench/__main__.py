@@ -1,0 +1,3 @@
+from nc.bench.suite import main
+
+main()

@@ -1,0 +1,105 @@
+"""The figures of the book's "After the paper" pages (matplotlib): collapse by depth per cell, the MSE loss's
+central-path terms stacked to the total, two or more follow-up runs side by side, and minority collapse against
+the imbalance ratio. Red vertical lines mark each run's TPT start, as in the paper's figures."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+
+from nc.report.grid import BLUE, ORANGE, RED
+
+STAGE_COLOURS = {"first": "#9ecae1", "tpt": "#3182bd", "last": "#08306b"}
+RUN_COLOURS = (BLUE, ORANGE, "#2ca02c", "#9467bd")
+
+
+def depth_figure(cells_depth: list[dict]):
+    """Per cell (one row each): NC1 at each block (log) with one line per recorded epoch, and the NCC accuracies
+    at each block."""
+    n = max(1, len(cells_depth))
+    fig, axes = plt.subplots(n, 2, figsize=(10, 3.3 * n), squeeze=False)
+    for j, d in enumerate(cells_depth):
+        x = np.arange(1, len(d["layer_names"]) + 1)
+        left, right = axes[j, 0], axes[j, 1]
+        for k, stage in enumerate(d["stages"]):
+            if not np.isfinite(d["epochs"][k]):
+                continue
+            label = f"{stage} (epoch {d['epochs'][k]:.0f})"
+            left.semilogy(x, d["nc1"][k], "o-", color=STAGE_COLOURS[stage], ms=3, label=label)
+            right.plot(x, d["ncc_acc_train"][k], "o-", color=STAGE_COLOURS[stage], ms=3, label=f"{stage}, train")
+            right.plot(x, d["ncc_acc_test"][k], "s--", color=STAGE_COLOURS[stage], ms=3, lw=0.9)
+        rho, r2 = d["rho"][-1], d["r2"][-1]
+        left.set_title(f"{d['dataset']} × {d['network']}: last snapshot rho = {rho:.3g} per block, R² = {r2:.2f}",
+                       fontsize=10, loc="left")
+        left.set_ylabel("NC1 of the block")
+        left.legend(fontsize=8)
+        right.set_ylabel("NCC accuracy\n(solid train, dashed test)")
+        for ax in (left, right):
+            ax.set_xticks(x, d["layer_names"], rotation=60, fontsize=7, ha="right")
+    fig.tight_layout()
+    return fig
+
+
+def _tpt(ax, ds, colour=RED, **kw):
+    tpt = float(ds["tpt_epoch"])
+    if np.isfinite(tpt):
+        ax.axvline(tpt, color=colour, lw=1, **kw)
+
+
+def mse_figure(ds: xr.Dataset):
+    """The central-path decomposition of the MSE run's loss: L_NC1, L_NC2/3 and L_perp stacked to the classifier's
+    regularised loss (left), and each term on a log scale (right)."""
+    terms = [("mse_nc1_term", "L_NC1", BLUE), ("mse_nc23_term", "L_NC2/3", ORANGE), ("mse_perp_term", "L⊥", "#2ca02c")]
+    s = {k: ds[k].dropna("epoch") for k, _, _ in terms}
+    epochs = s["mse_nc1_term"]["epoch"].values
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11.5, 3.8))
+    a.stackplot(epochs, *[s[k].values for k, _, _ in terms], labels=[lab for _, lab, _ in terms],
+                colors=[c for _, _, c in terms], alpha=0.8)
+    a.plot(epochs, sum(s[k].values for k, _, _ in terms), "k-", lw=1, label="total = loss + weight decay on W, b")
+    a.set(xlabel="epoch", ylabel="loss", title="the three terms stacked")
+    a.legend(fontsize=8)
+    for k, lab, c in terms:
+        b.semilogy(epochs, s[k].values, "o-", ms=3, color=c, label=lab)
+    b.set(xlabel="epoch", title="each term (log scale)")
+    b.legend(fontsize=8)
+    for ax in (a, b):
+        _tpt(ax, ds)
+    fig.tight_layout()
+    return fig
+
+
+def compare_figure(runs: list[tuple[str, xr.Dataset]], panels: list[tuple[str, str, bool]]):
+    """Runs side by side: one panel per (variable, title, log scale), a line (and dotted TPT line) per run."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.6), squeeze=False)
+    for ax, (name, title, logy) in zip(axes[0], panels):
+        for (label, ds), colour in zip(runs, RUN_COLOURS):
+            s = ds[name].dropna("epoch")
+            ax.plot(s["epoch"], s, "o-" if s.size < len(ds["epoch"]) else "-", ms=2.5, color=colour, label=label)
+            _tpt(ax, ds, colour=colour, ls=":")
+        if logy:
+            ax.set_yscale("log")
+        ax.set(xlabel="epoch", title=title)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def minority_figure(runs_by_ratio: list[tuple[float, xr.Dataset]]):
+    """minority_collapse over the epochs per imbalance ratio R (left) and at the last epoch against R (right)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    finals = []
+    for (r, ds), colour in zip(runs_by_ratio, RUN_COLOURS):
+        s = ds["minority_collapse"].dropna("epoch")
+        a.plot(s["epoch"], s, "o-", ms=3, color=colour, label=f"R = {r:g}")
+        _tpt(a, ds, colour=colour, ls=":")
+        finals.append((r, float(s[-1])))
+    a.set(xlabel="epoch", ylabel="Avg cos(w_i, w_j), minority pairs")
+    a.legend(fontsize=8)
+    if finals:
+        r, v = zip(*sorted(finals))
+        b.semilogx(r, v, "o-", color="k")
+        b.axhline(1.0, color="0.5", ls="--", lw=0.8)
+        b.text(r[0], 0.97, "1: the minority classifiers coincide", fontsize=8, va="top", color="0.4")
+    b.set(xlabel="imbalance ratio R", ylabel="at the last epoch", title="minority collapse")
+    fig.tight_layout()
+    return fig

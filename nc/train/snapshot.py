@@ -1,0 +1,134 @@
+"""Measurement at a snapshot epoch: one eval-mode pass over the train set and one over the test set feed every
+metric of nc.measure and nc.measure.followups (float64, streamed), the eval-mode train and test accuracies, DeepFool
+robustness on the fixed test images (Fig. 8), Fig. 1's sampled features and the geometry the cube stores; and, at
+three epochs of a run, collapse by depth (nc.measure.depth) at every block of the network.
+
+h is the input of the final linear layer (a forward pre-hook on `model.classifier`), network in eval mode, as the
+paper's Section 2I extracts it with PyTorch hooks. Eval passes run in float32 whatever the training precision.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from nc import measure
+from nc.measure import central_path, depth, followups, imbalance, robustness
+from nc.train import ddp
+
+
+@torch.no_grad()
+def eval_pass(model, split, batch_size, on_features=None) -> float:
+    """Eval-mode pass over a split (nc.data.loader seam); returns the accuracy. Calls on_features(h, logits, y) per
+    batch
+    with the classifier's input h. DDP: over this rank's shard of the rows (nc.train.ddp.shard), the hits summed over
+    the ranks; the caller merges what on_features accumulated."""
+    model.eval()
+    captured = {}
+    hook = model.classifier.register_forward_pre_hook(lambda mod, args: captured.__setitem__("h", args[0]))
+    correct = None
+    try:
+        for x, y in split.batches(batch_size, ddp.shard(len(split))):
+            logits = model(x)
+            hits = (logits.argmax(1) == y).sum()
+            correct = hits if correct is None else correct + hits
+            if on_features is not None:
+                on_features(captured["h"], logits, y)
+    finally:
+        hook.remove()
+    return ddp.sum_ints([correct.item() if correct is not None else 0])[0] / max(1, len(split))
+
+
+def choose_fixed_samples(record: dict, data, params: dict) -> None:
+    """Fig. 1's classes and their train samples, and Fig. 8's test images: drawn once, seeded, into `record`."""
+    rng = np.random.default_rng(params["seed"])
+    y = data.train.labels.numpy()
+    k, m = record["geometry"]["fig1_features"].shape[1:3]
+    counts = np.bincount(y, minlength=data.num_classes)
+    eligible = np.flatnonzero(counts >= m)  # an imbalanced run's minority classes may have fewer than m images
+    if len(eligible) < k:
+        raise ValueError(f"Fig. 1 needs {k} classes with at least fig1_samples = {m} train images; "
+                         f"only {len(eligible)} have them (lower fig1_samples)")
+    classes = sorted(eligible[rng.choice(len(eligible), size=k, replace=False)].tolist()) if len(eligible) < \
+        data.num_classes else sorted(rng.choice(data.num_classes, size=k, replace=False).tolist())
+    record["fig1_classes"] = classes
+    record["fig1_indices"] = [sorted(rng.choice(np.flatnonzero(y == c), size=params["fig1_samples"],
+                                                replace=False).tolist()) for c in classes]
+    if params["robustness_images"]:
+        record["robustness_indices"] = robustness.fixed_test_indices(
+            data.test.labels, n=params["robustness_images"], seed=params["seed"]).tolist()
+
+
+def minority(num_classes: int) -> list[int]:
+    """The classes an imbalanced run gives n/R images (nc.data.sampling.class_counts: all but the first ceil(C/2));
+    balanced runs report the same groups, so that minority collapse can be compared across imbalance ratios."""
+    return list(range(-(-num_classes // 2), num_classes))
+
+
+def loss_terms(moments, W, b, params: dict) -> dict:
+    """The central-path decomposition of the MSE loss (nc.measure.central_path), NaN for cross-entropy runs."""
+    if params["loss"] != "mse":
+        return dict.fromkeys(central_path.TERMS, math.nan)
+    terms = central_path.central_path_terms(moments.class_means, moments.counts, moments.sigma_w, W, b,
+                                            params["weight_decay"])
+    return {k: terms[k] for k in central_path.TERMS}
+
+
+def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dict]:
+    """Every snapshot metric (keyed as the cube's variables, plus eval_train_acc and test_acc from the same passes)
+    and the geometry to store. Raises FloatingPointError on non-finite features (a diverged run)."""
+    C, p, bs = data.num_classes, model.classifier.in_features, params["eval_batch_size"]
+    acc = measure.CollapseAccumulator(C, p, data.train.device)
+    eval_train_acc = eval_pass(model, data.train, bs, lambda h, logits, y: acc.update(h, y))
+    moments = ddp.merge_accumulator(acc).finalize()
+    W = model.classifier.weight.detach().double()
+    b = model.classifier.bias.detach().double()
+    disagree, test_moments = [], followups.TestAccumulator(moments, C, p, data.test.device)
+
+    def on_test(h, logits, y):
+        disagree.append(measure.ncc_disagreements(h, W, b, moments.class_means))
+        test_moments.update(h, y)
+
+    test_acc = eval_pass(model, data.test, bs, on_test)
+    disagreements = ddp.sum_ints([sum(disagree)])[0]
+    ddp.merge_accumulator(test_moments)
+    values = measure.metrics_from_moments(moments, W, disagreements / max(1, len(data.test)))
+    values.update(followups.followup_metrics(moments, W, test_moments.finalize() if len(data.test) else None))
+    values.update(loss_terms(moments, W, b, params))
+    values.update(imbalance.group_metrics(moments.class_means, moments.global_mean, W, minority(C)))
+    values.update(eval_train_acc=eval_train_acc, test_acc=test_acc, within_trace=moments.within_trace,
+                  robustness=math.nan)
+    if record["robustness_indices"]:  # DDP: on rank 0, broadcast
+        if ddp.is_main():
+            x, _ = data.test.take(record["robustness_indices"])
+            values["robustness"] = robustness.robustness(
+                model, x, overshoot=params["deepfool_overshoot"], max_iter=params["deepfool_max_iter"])
+        values["robustness"] = ddp.broadcast_float(values["robustness"])
+    fig1 = np.full(record["geometry"]["fig1_features"].shape[1:], np.nan)
+    if record["fig1_indices"]:  # DDP: on rank 0, broadcast
+        if ddp.is_main():
+            model.eval()
+            x, _ = data.train.take(np.asarray(record["fig1_indices"]).ravel())
+            with torch.no_grad():
+                fig1 = model.features(x).double().cpu().numpy().reshape(fig1.shape)
+        fig1 = ddp.broadcast_array(fig1)
+    geometry = {
+        "class_means": moments.class_means.cpu().numpy(), "global_mean": moments.global_mean.cpu().numpy(),
+        "classifier_weight": W.cpu().numpy(), "classifier_bias": b.cpu().numpy(),
+        "within_cov_means": moments.within_cov_means.cpu().numpy(), "fig1_features": fig1,
+    }
+    return values, geometry
+
+
+
+
+def measure_depth(model, data, params: dict) -> dict:
+    """Collapse by depth at every block (model.blocks()): nc.measure.depth.layer_collapse on the train and test splits,
+    plus the fit log(C NC1_l) = a - rho l. Returns the per-layer arrays, names, widths, rho and r2."""
+    bs = params["eval_batch_size"]
+    train_rows, test_rows = ddp.shard(len(data.train)), ddp.shard(len(data.test))  # DDP: this rank's rows
+    out = depth.layer_collapse(model, model.blocks(), lambda: data.train.batches(bs, train_rows),
+                               lambda: data.test.batches(bs, test_rows), data.num_classes)
+    _, out["rho"], out["r2"] = depth.fit_depth_decay(out["nc1"], data.num_classes)
+    return out
