@@ -31,6 +31,7 @@ import time
 import numpy as np
 import torch
 
+from nc import files
 from nc.data.sampling import balanced_indices
 from nc.data.store import FORMAT_VERSION, channel_stats, default_workers
 
@@ -50,12 +51,7 @@ def default_out(size, n_per_class, seed, test_n_per_class=None):
 
 
 def _write_json(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    files.write_json(path, obj, fsync=True)
 
 
 def _read_json(path):
@@ -66,10 +62,8 @@ def _read_json(path):
 
 
 def _save_npy(path, array):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 def _gib(n):

@@ -15,8 +15,6 @@ that rebuilds it, and the figure pages skip it rather than half-read it.
 """
 from __future__ import annotations
 
-import json
-import os
 import platform
 import subprocess
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from nc import files
 from nc.measure import depth
 from nc.runs import params as params_mod
 from nc.train.variables import (  # noqa: F401  (the schema of what a run records)
@@ -270,19 +269,13 @@ def write(ds: xr.Dataset, path) -> Path:
     """Write atomically (temporary file in the same directory, then rename); compressed NetCDF4. If writing
     fails (a full disk), the temporary file is removed and the old file, if any, is kept."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     encoding = {k: {"zlib": True, "complevel": 4} for k, v in ds.data_vars.items() if v.dtype.kind == "f"}
     if sum(ds[k].nbytes for k in GEOMETRY if k in ds) > GEOMETRY_FLOAT64_MAX_BYTES:
         for k in GEOMETRY:  # float32 on disk: 7 significant digits, half the size (an ImageNet cell stays < 1 GB)
             if k in encoding:
                 encoding[k]["dtype"] = "float32"
-    try:
+    with files.atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -306,11 +299,6 @@ def missing_path(directory, params: dict) -> Path:
 
 def write_missing(directory, params: dict, message: str) -> Path:
     """Mark a cell whose data is not available here (atomically); the book lists it as missing."""
-    path = missing_path(directory, params)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"dataset": params["dataset"], "network": params["network"],
-                               "profile": params.get("profile", ""), "parameter_file": params.get("name", ""),
-                               "status": "missing", "message": message}, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return files.write_json(missing_path(directory, params), {
+        "dataset": params["dataset"], "network": params["network"], "profile": params.get("profile", ""),
+        "parameter_file": params.get("name", ""), "status": "missing", "message": message})

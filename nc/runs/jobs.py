@@ -23,7 +23,7 @@ import time
 import types
 from pathlib import Path
 
-from nc import runs
+from nc import files, runs
 from nc.runs import params as params_mod
 
 STOP_WAIT_S = 30.0  # a stopped driver waits this long for its cancelled jobs to go before it SIGKILLs them
@@ -44,10 +44,7 @@ def write_record(job, job_id: str, executor: str, folder) -> Path:
     record = {"job_id": str(job_id), "executor": executor, "cell": job.params["name"], "lr": job.lr, "seed": job.seed,
               "parameter_hash": params_mod.run_digest(job.params), "folder": str(Path(folder).resolve()),
               "submitted": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return files.write_json(path, record)
 
 
 def read_record(job) -> dict | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 import warnings
 from fractions import Fraction
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nc import models
+from nc import files, models
 from nc.train import ddp
 from nc.train import progress as progress_mod
 from nc.train.snapshot import choose_fixed_samples, eval_pass, measure_depth, measure_snapshot
@@ -169,14 +168,8 @@ def record_depth(record: dict, stages: list[str], epoch: int, model, data, param
 
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename; a failed write (full disk) removes it and keeps the old file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
+    with files.atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def precision_context(precision: str, device: torch.device):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from pathlib import Path
+
+from nc import files
 
 
 def fmt(seconds: float) -> str:
@@ -30,9 +31,7 @@ def write(path, label: str, epoch: int, epochs: int, seconds_per_epoch: float, s
     info = {"label": label, "epoch": epoch, "epochs": epochs, "seconds_per_epoch": seconds_per_epoch,
             "eta_s": seconds_per_epoch * (epochs - epoch), "status": status,
             "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(info) + "\n")
-    os.replace(tmp, path)
+    files.write_json(path, info, indent=None)
 
 
 def read(path) -> dict | None:
