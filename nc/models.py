@@ -19,6 +19,8 @@ once the map is 1x1), so 16x16 and 28x28 inputs work. Parameter counts: see test
 import contextlib
 import math
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -49,7 +51,29 @@ DENSENET_GROWTH_RATES = {"densenet40": 12, "densenet100": 12, "densenet201": 32,
 DENSENET201_BLOCKS = [6, 12, 48, 32]
 DENSENET_DEFAULT_GROWTH_RATE = 12  # for any other 'densenet<depth>'
 
-NETWORKS = [*VGG_CONFIGS, *RESNET_CONFIGS, *DENSENET_GROWTH_RATES]
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered network: its name, its family (the figures' row: one of FAMILIES) and its builder,
+    `build(num_classes, in_channels, image_size, width, stem, **options) -> (features, p, block_paths)` with
+    `features` an nn.Sequential mapping images (B, C, H, W) to h (B, p) and `block_paths` {block name: path inside
+    features} in forward order. Options it does not take (growth_rate, memory_efficient) raise ValueError."""
+    name: str
+    family: str
+    build: Callable
+
+
+REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, family: str, build: Callable) -> Entry:
+    """Add a network under `name` (timm-style: one entry per network); `family` picks its row in the figures."""
+    if family not in FAMILIES:
+        raise ValueError(f"network {name!r}: family must be one of {FAMILIES} (the figures' rows), got {family!r}")
+    if name in REGISTRY:
+        raise ValueError(f"network {name!r} is registered already")
+    REGISTRY[name] = entry = Entry(name, family, build)
+    return entry
 
 VGG_NOTE = (
     "VGG: torchvision's VGG with BatchNorm after every convolution (make_layers(cfg, batch_norm=True)). The paper "
@@ -231,6 +255,57 @@ def densenet(layers_per_block, growth_rate, in_channels, image_size, width, memo
     return features, net.classifier.in_features, {**blocks, "avgpool": "avgpool"}
 
 
+# ------------------------------------------------------------------------------- the registry
+
+def _no_options(name):
+    def check(growth_rate=None, memory_efficient=False):
+        if growth_rate is not None:
+            raise ValueError(f"growth_rate={growth_rate} needs a DenseNet (network {name!r})")
+    return check
+
+
+def _vgg_entry(config, name):
+    def build(num_classes, in_channels, image_size, width, stem, **options):
+        _no_options(name)(**options)
+        return vgg(config, num_classes, in_channels, image_size, width, stem)
+    return build
+
+
+def _resnet_entry(block, layers, name):
+    def build(num_classes, in_channels, image_size, width, stem, **options):
+        _no_options(name)(**options)
+        return resnet(block, layers, in_channels, width, stem)
+    return build
+
+
+def _densenet_entry(name):
+    def build(num_classes, in_channels, image_size, width, stem, growth_rate=None, memory_efficient=False):
+        if growth_rate is not None and growth_rate < 1:
+            raise ValueError(f"growth_rate={growth_rate} must be >= 1 (network {name!r})")
+        k = growth_rate or DENSENET_GROWTH_RATES.get(name, DENSENET_DEFAULT_GROWTH_RATE)
+        return densenet(densenet_layers_per_block(name), k, in_channels, image_size, width, memory_efficient, stem)
+    return build
+
+
+for _name, _config in VGG_CONFIGS.items():
+    register(_name, "vgg", _vgg_entry(_config, _name))
+for _name, (_block, _layers) in RESNET_CONFIGS.items():
+    register(_name, "resnet", _resnet_entry(_block, _layers, _name))
+for _name in DENSENET_GROWTH_RATES:
+    register(_name, "densenet", _densenet_entry(_name))
+NETWORKS = list(REGISTRY)  # the registered names, in registration order (the paper's, then any added)
+
+
+def entry(network: str) -> Entry:
+    """The registry entry of `network`; any 'densenet<depth>' with (depth - 4) % 6 == 0 is built on the fly."""
+    if network in REGISTRY:
+        return REGISTRY[network]
+    if densenet_layers_per_block(network) is not None:
+        return Entry(network, "densenet", _densenet_entry(network))
+    raise ValueError(f"unknown network {network!r}; known: {', '.join(REGISTRY)} "
+                     f"(and 'densenet<depth>' for any depth with (depth - 4) % 6 == 0)")
+
+
 # -------------------------------------------------------------------------------------- build
 
 def densenet_layers_per_block(network: str):
@@ -247,20 +322,13 @@ def densenet_layers_per_block(network: str):
 
 
 def known(network: str) -> bool:
-    """Whether `build` knows the name: one of NETWORKS, or densenet<depth> with (depth - 4) % 6 == 0."""
-    return network in NETWORKS or densenet_layers_per_block(network) is not None
+    """Whether `build` knows the name: registered, or densenet<depth> with (depth - 4) % 6 == 0."""
+    return network in REGISTRY or densenet_layers_per_block(network) is not None
 
 
 def family(network: str) -> str:
-    """'vgg', 'resnet' or 'densenet' for a network name `build` accepts."""
-    if network in VGG_CONFIGS:
-        return "vgg"
-    if network in RESNET_CONFIGS:
-        return "resnet"
-    if densenet_layers_per_block(network) is not None:
-        return "densenet"
-    raise ValueError(f"unknown network {network!r}; known: {', '.join(NETWORKS)} "
-                     f"(and 'densenet<depth>' for any depth with (depth - 4) % 6 == 0)")
+    """The family (figure row: 'vgg', 'resnet' or 'densenet') of a network `build` accepts."""
+    return entry(network).family
 
 
 def simplex_etf(num_classes: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -302,7 +370,7 @@ def init_weights(model: nn.Module):
 def build(network: str, num_classes: int, in_channels: int = 3, image_size: int = 32, width: float = 1.0,
           memory_efficient: bool = False, growth_rate: int | None = None, *, stem: str = "small",
           classifier: str = "learned", etf_seed: int = 0, feature_dim: int | None = None) -> Network:
-    """A freshly initialised `Network` by name (see NETWORKS; also any 'densenet<depth>' with (depth - 4) % 6 == 0).
+    """A freshly initialised `Network` by name (REGISTRY; also any 'densenet<depth>' with (depth - 4) % 6 == 0).
 
     growth_rate overrides the DenseNet default k (before width scaling); memory_efficient applies to DenseNets.
     stem: "small" or "imagenet" (module docstring). feature_dim: append nn.Linear(p, feature_dim, bias=False) to
@@ -317,17 +385,10 @@ def build(network: str, num_classes: int, in_channels: int = 3, image_size: int 
                          f"{classifier=}")
     if feature_dim is not None and (not isinstance(feature_dim, int) or feature_dim < 1):
         raise ValueError(f"feature_dim must be None or an int >= 1, got {feature_dim!r}")
-    kind = family(network)
-    if growth_rate is not None and (kind != "densenet" or growth_rate < 1):
-        raise ValueError(f"growth_rate={growth_rate} needs a DenseNet and a value >= 1 (network {network!r})")
-    if kind == "vgg":
-        features, p, blocks = vgg(VGG_CONFIGS[network], num_classes, in_channels, image_size, width, stem)
-    elif kind == "resnet":
-        features, p, blocks = resnet(*RESNET_CONFIGS[network], in_channels, width, stem)
-    else:
-        k = growth_rate or DENSENET_GROWTH_RATES.get(network, DENSENET_DEFAULT_GROWTH_RATE)
-        features, p, blocks = densenet(densenet_layers_per_block(network), k, in_channels, image_size, width,
-                                       memory_efficient, stem)
+    options = {"growth_rate": growth_rate} if growth_rate is not None else {}
+    if memory_efficient:
+        options["memory_efficient"] = True
+    features, p, blocks = entry(network).build(num_classes, in_channels, image_size, width, stem, **options)
     if feature_dim is not None:
         features.add_module("projection", nn.Linear(p, feature_dim, bias=False))
         p, blocks = feature_dim, {**blocks, "projection": "projection"}
