@@ -64,6 +64,7 @@ class Entry:
 
 
 REGISTRY: dict[str, Entry] = {}
+NETWORKS: list[str] = []  # the registered names, in registration order (the paper's, then any added)
 
 
 def register(name: str, family: str, build: Callable) -> Entry:
@@ -73,6 +74,7 @@ def register(name: str, family: str, build: Callable) -> Entry:
     if name in REGISTRY:
         raise ValueError(f"network {name!r} is registered already")
     REGISTRY[name] = entry = Entry(name, family, build)
+    NETWORKS.append(name)
     return entry
 
 VGG_NOTE = (
@@ -293,7 +295,6 @@ for _name, (_block, _layers) in RESNET_CONFIGS.items():
     register(_name, "resnet", _resnet_entry(_block, _layers, _name))
 for _name in DENSENET_GROWTH_RATES:
     register(_name, "densenet", _densenet_entry(_name))
-NETWORKS = list(REGISTRY)  # the registered names, in registration order (the paper's, then any added)
 
 
 def entry(network: str) -> Entry:

@@ -69,6 +69,7 @@ def test_a_network_registered_the_documented_way_is_built_and_given_its_row():
             models.register('odd', 'transformer', tiny)
     finally:
         models.REGISTRY.pop('tiny_mlp', None)
+        models.NETWORKS.remove('tiny_mlp')
 
 
 # --- shapes and the Network contract (CPU, float64 so that equalities are exact) -------------------------------

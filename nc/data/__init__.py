@@ -9,11 +9,15 @@ from nc.data.registry import (  # noqa: F401
     IMAGENET_IMAGE_SIZE,
     MIN_STD,
     NPZ_FILES,
+    REGISTRY,
     SIZES,
     SOURCES,
     STANDARDIZE,
     TITLES,
     column_of,
+    columns,
+    names,
+    register,
 )
 from nc.data.sampling import balanced_indices, class_counts, counts_indices, minority_classes  # noqa: F401
 from nc.data.sources import DataError, DatasetUnavailable  # noqa: F401

@@ -30,20 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nc import paths
 from nc.data import sampling, sources
 from nc.data.loader import TensorSplit
-from nc.data.registry import (  # noqa: F401
-    COLUMN,
-    DATASETS,
-    IMAGENET_IMAGE_SIZE,
-    MIN_STD,
-    NPZ_FILES,
-    SIZES,
-    SOURCES,
-    STANDARDIZE,
-    TITLES,
-    column_of,
-)
+from nc.data.registry import IMAGENET_IMAGE_SIZE, MIN_STD, NPZ_FILES, REGISTRY, SOURCES, STANDARDIZE
 from nc.data.sampling import balanced_indices
 from nc.data.sources import DataError, DatasetUnavailable
 
@@ -136,7 +126,7 @@ def npz_dir_from_env() -> str | None:
 def load(name, *, n_per_class=None, test_n_per_class=None, image_size=None, device="cpu", seed=0,
          root=None, npz_dir=None, npz_file=None, download=True, source="auto", standardize_by="channel",
          class_counts=None, imbalance_ratio=None, store_dir=None):
-    """Load dataset `name` (one of DATASETS or "demo") as standardised splits on `device`.
+    """Load dataset `name` (registered in nc.data.registry) as standardised splits on `device`.
 
     n_per_class / test_n_per_class: keep that many images of every class of the train / test split, drawn with
     numpy.random.default_rng(seed) (train and test each with a fresh generator of that seed); None keeps the split
@@ -153,8 +143,8 @@ def load(name, *, n_per_class=None, test_n_per_class=None, image_size=None, devi
     through DataLoader workers, per-channel statistics from prepare's streaming pass. Raises DatasetUnavailable if
     the data cannot be found or downloaded, DataError when it cannot be used as asked, ValueError for an unknown
     name or option."""
-    if name != "demo" and name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(('demo', *DATASETS))}")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(REGISTRY)}")
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     if source == "store":
@@ -168,7 +158,7 @@ def load(name, *, n_per_class=None, test_n_per_class=None, image_size=None, devi
     elif source == "npz" and name != "demo" and npz_dir is None and npz_file is None:
         raise DatasetUnavailable(f"{name}: source 'npz' needs a folder of .npz subsets: pass npz_dir= or set "
                                  f"NC_NPZ_DIR (the format is described in the README)")
-    root = os.path.expanduser(root or os.environ.get("NC_DATA_ROOT") or "~/.cache/nc-data")
+    root = paths.data_root(root)
     n_keep = {"train": (n_per_class, "n_per_class"), "test": (test_n_per_class, "test_n_per_class")}
     where = {"path": name}
 
@@ -192,6 +182,9 @@ def load(name, *, n_per_class=None, test_n_per_class=None, image_size=None, devi
     elif name == "imagenet":
         where["path"] = os.path.join(root, "imagenet")
         raw = sources.imagefolder(root, image_size or IMAGENET_IMAGE_SIZE, pick)
+    elif not REGISTRY[name].torchvision:
+        raise DatasetUnavailable(f"{name}: it is read from {NPZ_FILES[name]} in a folder of .npz files: pass "
+                                 f"npz_dir= or set NC_NPZ_DIR (the format is described in the README)")
     else:
         where["path"] = f"torchvision {name} in {root}"
         raw = sources.torchvision(name, root, download, pick)

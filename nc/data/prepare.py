@@ -31,7 +31,7 @@ import time
 import numpy as np
 import torch
 
-from nc import files
+from nc import files, paths
 from nc.data.sampling import balanced_indices
 from nc.data.store import FORMAT_VERSION, channel_stats, default_workers
 
@@ -45,7 +45,7 @@ class PrepareError(RuntimeError):
 
 
 def default_out(size, n_per_class, seed, test_n_per_class=None):
-    base = os.path.expanduser(os.environ.get("NC_DATA_ROOT") or "~/.cache/nc-data")
+    base = paths.data_root()
     test = "" if test_n_per_class is None else f"-test{test_n_per_class}pc"
     return os.path.join(base, "prepared", f"imagenet-{size}px-{n_per_class}pc-seed{seed}{test}")
 

@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from nc.data import DATASETS, TITLES, column_of
+from nc import data, models
+from nc.data import TITLES, column_of
 from nc.runs import cube
 from nc.train.loop import FIG1_PAPER_EPOCHS, fig1_epochs
 
@@ -38,7 +39,9 @@ def fig1_cube(cube_dir, run: str | None = None) -> Path:
         with xr.open_dataset(p, engine="netcdf4") as ds:
             d, n = ds.attrs["dataset"], ds.attrs["network"]
         col = column_of(d)
-        keys.append((DATASETS.index(col) if col in DATASETS else len(DATASETS), not n.startswith("vgg"), p.name, p))
+        order = data.columns()
+        vgg = models.known(n) and models.family(n) == "vgg"
+        keys.append((order.index(col) if col in order else len(order), not vgg, p.name, p))
     return min(keys)[-1]
 
 

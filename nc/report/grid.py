@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from nc import models
+from nc import data, models
 from nc.data import DATASETS, TITLES, column_of
 from nc.report.profiles import cell, cells, seed_runs
 from nc.runs import cube
@@ -28,14 +28,15 @@ def layout(profile: xr.Dataset, full: bool | None = None) -> tuple[list[str], li
     """(columns, rows) to draw: all of them for a full grid, else those with at least one run."""
     ran = cells(profile)
     if full or (full is None and len(ran) >= FULL_GRID_FROM) or not ran:
-        return list(DATASETS), list(models.FAMILIES)
-    cols = [c for c in DATASETS if any(col == c for col, _, _ in ran)]
+        extra = [c for c in data.columns() if c not in DATASETS and any(col == c for col, _, _ in ran)]
+        return [*DATASETS, *extra], list(models.FAMILIES)
+    cols = [c for c in data.columns() if any(col == c for col, _, _ in ran)]
     rows = [r for r in models.FAMILIES if any(row == r for _, row, _ in ran)]
     return cols, rows
 
 
 def _size(cols, rows, full_width=19.0, panel=(4.6, 2.9)):
-    if len(cols) == len(DATASETS):
+    if len(cols) >= len(DATASETS):
         return full_width, 2.5 * len(rows) + 0.6
     return min(full_width, panel[0] * len(cols) + 0.8), panel[1] * len(rows) + 0.9
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from nc import models
-from nc.data import DATASETS, column_of
+from nc import data, models
+from nc.data import column_of
 from nc.runs import cube
 
 PER_SEED = ("tpt_epoch", "status", "wall_time", "selected_lr")  # besides the curves, dims (seed,)
@@ -78,7 +78,7 @@ def open_profile(directory, variables=cube.EPOCH_VARS + cube.SNAPSHOT_VARS) -> x
     if not cells:
         out = empty_profile(variables)
     else:
-        order = ["demo", *DATASETS]
+        order = list(data.names())
         datasets = sorted({d for d, _ in cells}, key=order.index)
         nets = [f for f in models.FAMILIES if any(n == f for _, n in cells)]
         rows = []
@@ -121,9 +121,10 @@ def seed_runs(c: xr.Dataset) -> list[tuple[int, xr.Dataset]]:
 
 
 def cells(profile: xr.Dataset) -> list[tuple[str, str, xr.Dataset]]:
-    """(column, row, cell) for every grid cell with a run, in the paper's order (columns, then rows)."""
+    """(column, row, cell) for every grid cell with a run, in the paper's order (columns, then rows; a registered
+    dataset of its own column after the paper's)."""
     out = []
-    for col in DATASETS:
+    for col in data.columns():
         for row in models.FAMILIES:
             c = cell(profile, col, row)
             if c is not None:

@@ -11,8 +11,8 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from nc import models
-from nc.data import DATASETS, TITLES
+from nc import data, models
+from nc.data import TITLES
 from nc.report import analysis
 from nc.report.catalog import TITLES as PAGE_TITLES
 from nc.report.profiles import missing_cells
@@ -69,10 +69,12 @@ def table1_markdown(profile: xr.Dataset, paper: dict) -> str:
               "here: at TPT start (epoch) | here: last epoch (epoch) | here: change | here: held in | "
               "selected lr (per seed) |")
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
-    for col in DATASETS:
+    for col in data.columns():
         for row in models.FAMILIES:
-            p, rs = theirs[(col, row)], ours.get((col, row))
+            p, rs = theirs.get((col, row)), ours.get((col, row))
             r = rs[0] if rs else None
+            if p is None and r is None:
+                continue  # a dataset of the user's own, not run in this row
             here_net = "—" if r is None else r["network"] + (
                 f", {r['dataset_name']} data" if r["dataset_name"] != col else "")
             net = f"{names.get(col, {}).get(row, models.FAMILY_TITLES[row])} / {here_net}"
@@ -88,7 +90,8 @@ def table1_markdown(profile: xr.Dataset, paper: dict) -> str:
                         f"{spread([x['improvement'] for x in reached], '+.2f')} | "
                         f"{f'{held} of {len(checkable)} seeds' if checkable else '—'} | "
                         f"{', '.join(format(x['selected_lr'], 'g') for x in rs)} |")
-            lines.append(f"| {TITLES[col]} | {net} | {p['at_zero_error']:.2f} | {p['at_last']:.2f} | {here}")
+            paper_cells = "— | —" if p is None else f"{p['at_zero_error']:.2f} | {p['at_last']:.2f}"
+            lines.append(f"| {TITLES[col]} | {net} | {paper_cells} | {here}")
     return "\n".join(lines)
 
 

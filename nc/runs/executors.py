@@ -41,7 +41,7 @@ from pathlib import Path
 import submitit
 import yaml
 
-from nc import runs
+from nc import data, runs
 from nc.runs import jobs
 from nc.runs import params as params_mod
 from nc.runs.cli import EXECUTORS
@@ -74,7 +74,7 @@ def read_executor(profile_dir) -> dict:
     raw = _section(raw, ("executor", "local", "slurm"), str(path))
     local = _section(raw.get("local"), LOCAL_DEFAULTS, f"{path}: local")
     slurm = _section(raw.get("slurm"), [*SLURM_DEFAULTS, "datasets"], f"{path}: slurm")
-    datasets = _section(slurm.get("datasets"), params_mod.DATASETS, f"{path}: slurm.datasets")
+    datasets = _section(slurm.get("datasets"), data.names(), f"{path}: slurm.datasets")
     datasets = {d: _section(o, SLURM_DEFAULTS, f"{path}: slurm.datasets.{d}") for d, o in datasets.items()}
     executor = raw.get("executor", "local")
     if executor not in EXECUTORS:

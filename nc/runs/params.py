@@ -20,15 +20,12 @@ from typing import Any
 
 import yaml
 
-from nc import models
-from nc.data import DATASETS as PAPER_DATASETS
+from nc import data, models
+from nc.data.registry import SOURCES, STANDARDIZE
+from nc.models import CLASSIFIERS, STEMS
 
-DATASETS = ("demo", *PAPER_DATASETS)
-STANDARDIZE = ("channel", "pixel")
 PRECISIONS = ("float32", "tf32", "bf16")
 LOSSES = ("cross_entropy", "mse")
-CLASSIFIERS = ("learned", "fixed_etf")
-STEMS = ("small", "imagenet")
 REQUIRED = object()
 
 
@@ -62,14 +59,16 @@ class Key:
     whether it changes results (then it is part of the digest, unless it equals its default)."""
     default: Any
     check: Callable[[Any], bool]
-    wants: str
+    wants: str | Callable[[], str]  # a callable: the text of a registry read when the error is raised
     changes_results: bool = True
 
 
 SCHEMA = {
-    "dataset": Key(REQUIRED, _one_of(DATASETS), f"one of {', '.join(DATASETS)}"),
+    "dataset": Key(REQUIRED, lambda v: v in data.REGISTRY,
+                   lambda: f"a registered dataset (nc.data.registry): one of {', '.join(data.REGISTRY)}"),
     "network": Key(REQUIRED, lambda v: isinstance(v, str) and models.known(v),
-                   "vgg11/13/16/19, resnet18/34/50/101/152 or densenet<depth> (nc.models)"),
+                   lambda: f"a registered network (nc.models): one of {', '.join(models.REGISTRY)}, or "
+                           "densenet<depth> with (depth - 4) % 6 == 0"),
     "epochs": Key(REQUIRED, _pos_int, "a positive integer"),
     "lrs": Key(REQUIRED, lambda v: isinstance(v, list) and len(v) > 0 and all(_num(x) and x > 0 for x in v)
                and len(set(v)) == len(v), "a non-empty list of distinct positive learning rates"),
@@ -125,7 +124,7 @@ SCHEMA = {
     "deepfool_max_iter": Key(50, _pos_int, "a positive integer"),
     "fig1_classes": Key(3, lambda v: _int(v) and v >= 0, "a non-negative integer"),
     "fig1_samples": Key(20, _pos_int, "a positive integer"),
-    "data_source": Key("auto", _one_of(("auto", "torchvision", "npz", "store")),
+    "data_source": Key("auto", _one_of(SOURCES),
                        "auto (npz when npz_dir / NC_NPZ_DIR is set, else torchvision), torchvision, npz or store "
                        "(a prepared uint8 store streamed from disk: python -m nc.prepare)"),
     "store_dir": Key(None, _opt(_str), "null (the folder python -m nc.prepare writes by default) or a store folder",
@@ -135,6 +134,10 @@ SCHEMA = {
     "data_root": Key(None, _opt(_str), "a torchvision download directory or null", False),
     "eval_batch_size": Key(1000, _pos_int, "a positive integer", False),
 }
+
+
+def _wants(key: Key) -> str:
+    return key.wants() if callable(key.wants) else key.wants
 
 
 class ParameterError(ValueError):
@@ -174,12 +177,12 @@ def validate(raw: dict, source: str = "<parameters>") -> dict:
     for name, key in SCHEMA.items():
         if name not in raw:
             if key.default is REQUIRED:
-                raise ParameterError(f"{source}: key {name!r} is missing: it must be {key.wants}")
+                raise ParameterError(f"{source}: key {name!r} is missing: it must be {_wants(key)}")
             out[name] = key.default
             continue
         value = raw[name]
         if not key.check(value):
-            raise ParameterError(f"{source}: key {name!r} must be {key.wants}, got {value!r}")
+            raise ParameterError(f"{source}: key {name!r} must be {_wants(key)}, got {value!r}")
         out[name] = value
     if isinstance(out["snapshot_epochs"], list) and max(out["snapshot_epochs"]) > out["epochs"]:
         late = [e for e in out["snapshot_epochs"] if e > out["epochs"]]
