@@ -19,3 +19,19 @@ def test_the_readme_names_no_placeholder_and_the_profiles_it_lists_exist():
         assert not re.search(r"\b[A-Z]+_(TIME|RESULTS|NOTE|TABLE|SECTION)\b", text)
     for profile in re.findall(r"nox -s reproduce -- (\w+)", README):
         assert (ROOT / "parameters" / profile).is_dir(), profile
+
+
+def _pins(text: str) -> dict[str, str]:
+    return dict(re.findall(r"\b(torch|torchvision)==([0-9][0-9.]*\d)", text))
+
+
+def test_the_torch_pin_is_stated_once_and_every_file_agrees():
+    """The noxfile states the PyTorch pair (TORCH); environment.yml (conda users) and the README quote it, and
+    pyproject.toml's lower bounds admit it."""
+    nox_pins = _pins(re.search(r'^TORCH = .*$', (ROOT / "noxfile.py").read_text(), flags=re.M).group(0))
+    assert set(nox_pins) == {"torch", "torchvision"}, nox_pins
+    assert _pins((ROOT / "environment.yml").read_text()) == nox_pins
+    assert _pins(README[:README.index("## What you see")]) == nox_pins
+    floors = dict(re.findall(r'"(torch|torchvision)>=([0-9.]+)"', (ROOT / "pyproject.toml").read_text()))
+    for name, pin in nox_pins.items():
+        assert tuple(map(int, floors[name].split("."))) <= tuple(map(int, pin.split("."))), (name, floors, pin)

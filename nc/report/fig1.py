@@ -36,7 +36,7 @@ def fig1_cube(cube_dir, run: str | None = None) -> Path:
         raise FileNotFoundError(f"no cubes (*.nc) in {cube_dir}")
     keys = []
     for p in paths:
-        with xr.open_dataset(p, engine="netcdf4") as ds:
+        with cube.opened(p) as ds:
             d, n = ds.attrs["dataset"], ds.attrs["network"]
         col = column_of(d)
         order = data.columns()

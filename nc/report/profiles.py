@@ -30,7 +30,7 @@ def _read_cell(path: Path, variables) -> tuple[xr.Dataset | None, str | None]:
     """(each seed's variables at its selected lr, None) or (None, why the cube is stale or unreadable)."""
     variables = list(dict.fromkeys([*variables, "train_loss"]))  # train_loss tells a cell that ran
     try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
+        with cube.opened(path) as ds:
             reason = cube.stale_reason(ds)
             if reason is None:
                 missing = [v for v in variables if v not in ds]
@@ -38,9 +38,7 @@ def _read_cell(path: Path, variables) -> tuple[xr.Dataset | None, str | None]:
             if reason is not None:
                 return None, reason
             chosen = ds["selected_lr_by_seed"].values
-            idx = [0 if np.isnan(lr) else int(np.flatnonzero(ds["lr"].values == lr)[0]) for lr in chosen]
-            at = xr.DataArray(idx, dims="seed", coords={"seed": ds["seed"].values})
-            cell = ds[list(variables) + ["tpt_epoch", "wall_time", "status"]].isel(lr=at).drop_vars("lr").load()
+            cell = cube.seeds_at_selected_lr(ds, [*variables, "tpt_epoch", "wall_time", "status"]).load()
             cell["status"] = cell["status"].astype(str)
             cell.attrs = {"dataset": ds.attrs["dataset"], "network": ds.attrs["network"], "path": str(path)}
             cell["selected_lr"] = xr.DataArray(chosen, dims="seed")
@@ -48,7 +46,9 @@ def _read_cell(path: Path, variables) -> tuple[xr.Dataset | None, str | None]:
             cell["network_name"] = xr.DataArray(ds.attrs["network"])
             cell["n_lrs"] = xr.DataArray(ds.sizes["lr"])
             return cell, None
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except cube.CubeError as err:
+        return None, str(err).removeprefix(f"{path}: ")
+    except cube.READ_ERRORS as err:  # a cube that opens but lacks what the format promises
         return None, f"cannot be read ({type(err).__name__}: {err})"
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import xarray as xr
 
 from nc import data as data_mod
 from nc import train
@@ -73,15 +72,6 @@ def paths(params: dict, cube_dir) -> tuple[Path, Path]:
     return cube_dir / f"{name}.nc", cube_dir / "parts" / name
 
 
-def _attrs(path: Path) -> dict | None:
-    """A NetCDF file's global attributes without loading its data; None when it cannot be read."""
-    try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
-            return dict(ds.attrs) | {"_status": ds["status"].values.tolist() if "status" in ds else []}
-    except (OSError, ValueError, RuntimeError, KeyError):
-        return None
-
-
 def _made_by(attrs: dict | None, digest: str) -> bool:
     return attrs is not None and attrs.get("parameter_hash") == digest and \
         int(attrs.get("format_version", 1)) == cube.FORMAT_VERSION
@@ -89,7 +79,7 @@ def _made_by(attrs: dict | None, digest: str) -> bool:
 
 def is_current(path: Path, params: dict) -> bool:
     """A finished cube made from these same parameters (by hash) and this cube format: nothing to re-train."""
-    attrs = _attrs(Path(path)) if Path(path).is_file() else None
+    attrs = cube.read_attrs(Path(path)) if Path(path).is_file() else None
     return _made_by(attrs, params_mod.digest(params)) and bool(attrs.get("complete"))
 
 
@@ -106,7 +96,7 @@ def part_finished(params: dict, lr: float, parts_dir, seed: int | None = None) -
     """The part of (lr, run seed; default the first) exists, comes from these run parameters and this format, and
     is no longer running."""
     path = part_path(parts_dir, lr, params_mod.run_seeds(params)[0] if seed is None else seed)
-    attrs = _attrs(path) if path.is_file() else None
+    attrs = cube.read_attrs(path) if path.is_file() else None
     return _made_by(attrs, params_mod.run_digest(params)) and np.ravel(attrs["_status"])[:1].tolist() != ["running"]
 
 

@@ -15,8 +15,10 @@ that rebuilds it, and the figure pages skip it rather than half-read it.
 """
 from __future__ import annotations
 
+import contextlib
 import platform
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -279,17 +281,50 @@ def write(ds: xr.Dataset, path) -> Path:
     return path
 
 
-def open_cube(path) -> xr.Dataset:
-    """Load one cube or part fully into memory (the file is closed again, so it can be replaced). An unreadable
-    file raises CubeError naming it and the command that rebuilds it."""
+READ_ERRORS = (OSError, ValueError, RuntimeError, KeyError)  # what netCDF4 / xarray raise for an unreadable file
+
+
+@contextlib.contextmanager
+def opened(path) -> Iterator[xr.Dataset]:
+    """A cube or part opened lazily (nothing loaded until asked; closed on exit). An unreadable file raises
+    CubeError naming it and the command that rebuilds it; a missing one FileNotFoundError. Every reader of a cube
+    goes through here or `open_cube`."""
     try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
-            return ds.load()
+        ds = xr.open_dataset(path, engine="netcdf4")
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except READ_ERRORS as err:
         raise CubeError(f"{path}: cannot be read ({type(err).__name__}: {err}); delete it and rebuild it with "
                         f"`{rebuild_command(path)}`") from err
+    try:
+        yield ds
+    finally:
+        ds.close()
+
+
+def open_cube(path) -> xr.Dataset:
+    """Load one cube or part fully into memory (the file is closed again, so it can be replaced); see `opened`."""
+    with opened(path) as ds:
+        return ds.load()
+
+
+def read_attrs(path) -> dict | None:
+    """A cube's or part's global attributes and its per-run `status` list, without loading its data; None when it
+    is missing or cannot be read."""
+    try:
+        with opened(path) as ds:
+            return dict(ds.attrs) | {"_status": ds["status"].values.tolist() if "status" in ds else []}
+    except (FileNotFoundError, CubeError):
+        return None
+
+
+def seeds_at_selected_lr(ds: xr.Dataset, variables) -> xr.Dataset:
+    """`variables` of every run seed at that seed's selected lr (dims seed, ...; no lr), lazily; a seed with no
+    selected lr (none of its runs completed) at the first lr."""
+    chosen = ds["selected_lr_by_seed"].values
+    idx = [0 if np.isnan(lr) else int(np.flatnonzero(ds["lr"].values == lr)[0]) for lr in chosen]
+    return ds[list(variables)].isel(lr=xr.DataArray(idx, dims="seed", coords={"seed": ds["seed"].values})) \
+        .drop_vars("lr")
 
 
 def missing_path(directory, params: dict) -> Path:
