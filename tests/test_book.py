@@ -65,6 +65,7 @@ def test_every_page_is_rendered_with_its_images(built):
             assert (page.parent / src).resolve().is_file(), f"{page.name}: {src} missing"
         assert "injected-parameters" not in text and "Traceback" not in text
     intro = (html / "intro.html").read_text()
+    assert '_static/nc.css' in intro and (html / "_static" / "nc.css").is_file()  # wide tables fit the page
     for name in ("demo-vgg11", "demo-resnet18", "demo-densenet40"):
         assert f"runs/{name}.html" in intro
     assert "figures/fig6.html" in intro and "missing" in intro

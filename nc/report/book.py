@@ -208,8 +208,10 @@ def figures(profile: str, cubes: Path, out: Path, parameters: Path | None = None
 
 
 def write_toc(d: Path) -> None:
-    """_config.yml and the static pages from book/, and a _toc.yml listing the pages executed into `d`."""
+    """_config.yml, _static/ and the static pages from book/, and a _toc.yml listing the pages executed into `d`."""
     shutil.copy(BOOK / "_config.yml", d / "_config.yml")
+    if (BOOK / "_static").is_dir():  # the book's CSS (Jupyter Book includes every _static/*.css)
+        shutil.copytree(BOOK / "_static", d / "_static", dirs_exist_ok=True)
     for extra in ("references.bib", *STATIC):
         if (BOOK / extra).is_file():
             shutil.copy(BOOK / extra, d / extra)
