@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from nc import files, models
 from nc.train import ddp
 from nc.train import progress as progress_mod
+from nc.train.losses import loss_value
 from nc.train.snapshot import choose_fixed_samples, eval_pass, measure_depth, measure_snapshot
-from nc.train.variables import DEPTH_STAGES, EPOCH_VARS, SNAPSHOT_VARS
+from nc.train.variables import DEPTH_STAGES, EPOCH_VARS, SNAPSHOT_VARS, snapshot_names
 
 RECORD_EPOCH = EPOCH_VARS
 RECORD_SNAPSHOT = SNAPSHOT_VARS
@@ -143,7 +143,7 @@ def empty_record(params: dict, lr: float, snapshots: list[int], num_classes: int
         "snapshot_epochs": snapshots,
         "geometry_epochs": kept,
         "epoch": {key: nan(E) for key in RECORD_EPOCH},
-        "snapshot": {key: nan(E) for key in RECORD_SNAPSHOT},
+        "snapshot": {key: nan(E) for key in snapshot_names(params["loss"])},
         "geometry": {
             "class_means": nan(S, C, p), "global_mean": nan(S, p), "classifier_weight": nan(S, C, p),
             "classifier_bias": nan(S, C), "within_cov_means": nan(S, C, C),
@@ -180,14 +180,6 @@ def precision_context(precision: str, device: torch.device):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def loss_value(logits: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy") -> torch.Tensor:
-    """The batch's mean loss: cross-entropy (nats), or for "mse" F.mse_loss against one-hot targets, the mean over
-    the B * C entries, as the authors' notebook trains its MSE branch."""
-    if loss == "mse":
-        return F.mse_loss(logits, F.one_hot(y, logits.shape[1]).to(logits.dtype))
-    return F.cross_entropy(logits, y)
 
 
 def sgd_step(model, opt, x, y, autocast, loss: str = "cross_entropy",
@@ -330,8 +322,8 @@ def train_one_lr(params: dict, lr: float, data, checkpoint: Path | None = None, 
             else:
                 for key in ("eval_train_acc", "test_acc"):
                     ep[key][epoch - 1] = values[key]
-                for key in RECORD_SNAPSHOT:
-                    record["snapshot"][key][epoch - 1] = values[key]
+                for key, series in record["snapshot"].items():
+                    series[epoch - 1] = values[key]
                 if epoch in record["geometry_epochs"]:
                     s = record["geometry_epochs"].index(epoch)
                     for key, value in geometry.items():
