@@ -299,8 +299,8 @@ def test_corrupt_checkpoint_restarts_that_lr_with_one_warning(tmp_path, damage):
     elif damage == "garbage":
         ckpt.write_bytes(b"not a checkpoint")
     else:  # a readable checkpoint of another shape (e.g. written by an older version of the record)
-        state = torch.load(ckpt, weights_only=False)
-        state["record"]["epoch"]["train_loss"] = np.zeros(2)
+        state = torch.load(ckpt, weights_only=True)  # a checkpoint holds tensors and plain values only
+        state["record"]["epoch"]["train_loss"] = torch.zeros(2)
         torch.save(state, ckpt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -336,7 +336,7 @@ def test_finished_checkpoints_are_deleted_once_merged_unless_kept(tmp_path):
     assert path.is_file() and sorted(f.suffix for f in parts_dir.iterdir()) == [".nc", ".nc"]
     runs.run(p, tmp_path / "b", progress=False, keep_checkpoints=True)
     _, kept = runs.paths(p, tmp_path / "b")
-    assert sorted(f.suffix for f in kept.iterdir()) == [".ckpt", ".ckpt", ".key", ".key", ".nc", ".nc"]
+    assert sorted(f.suffix for f in kept.iterdir()) == [".ckpt", ".ckpt", ".key", ".key", ".nc", ".nc", ".pt", ".pt"]
 
 
 def test_an_older_format_is_stale_and_rebuilt_never_half_read(real_run, tmp_path):

@@ -32,6 +32,7 @@ from nc.train.variables import (  # noqa: F401  (the schema of what a run record
     DEPTH_VARIABLES,
     EPOCH_VARIABLES,
     EPOCH_VARS,
+    GEOMETRY_FLOAT64_MAX_BYTES,
     LE,
     LS,
     LSL,
@@ -48,7 +49,6 @@ FORMAT_VERSION = 3
 SELECTION_RULE = ("per run seed, the highest test accuracy at the last epoch among complete runs (paper Section 2G, "
                   "applied to each seed)")
 STATUSES = ("complete", "diverged", "running")
-GEOMETRY_FLOAT64_MAX_BYTES = 64 * 2**20  # larger geometry is written as float32 (the ImageNet cells)
 GEOMETRY = ("class_means", "global_mean", "classifier_weight", "classifier_bias", "within_cov_means",
             "fig1_features")
 

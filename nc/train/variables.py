@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from nc.measure import depth, followups, imbalance, paper
 from nc.train import losses
 
 DEPTH_STAGES = ("first", "tpt", "last")  # the first snapshot, the TPT start epoch, the last snapshot
+GEOMETRY_FLOAT64_MAX_BYTES = 64 * 2**20  # larger geometry is kept as float32 (the ImageNet cells)
 
 
 class Var(NamedTuple):
@@ -88,4 +91,11 @@ def snapshot_names(loss: str) -> tuple:
 def variable(name: str) -> Var:
     """The Var of a record variable, a later-registered loss's included."""
     return {**EPOCH_VARIABLES, **SNAPSHOT_VARIABLES, **DEPTH_VARIABLES, **loss_variables()}[name]
+
+
+def geometry_dtype(geometry: dict) -> type:
+    """float32 when a run's float64 geometry (every kept epoch) would exceed GEOMETRY_FLOAT64_MAX_BYTES, else float64:
+    the dtype the cube stores it in (nc.runs.cube.write) and the geometry files keep (nc.train.record)."""
+    total = sum(np.asarray(v).size * 8 for v in geometry.values())
+    return np.float32 if total > GEOMETRY_FLOAT64_MAX_BYTES else np.float64
 
