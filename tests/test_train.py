@@ -456,3 +456,35 @@ def test_a_loss_registered_the_documented_way_trains_and_reaches_the_cube_and_th
         assert fig.axes[0].get_ylabel() == entry.axis_label
     finally:
         losses.LOSSES.pop("smoothed_ce")
+
+
+def test_tf32_applies_to_the_training_step_only(tmp_path, monkeypatch):
+    """precision: tf32 switches TF32 on for the training step's forward passes only: every eval-mode forward (the
+    eval passes, the snapshot) sees float32, the switches are off after each epoch's steps and as before after the
+    run (torch's global flags, set on a CPU too)."""
+    from nc.train import loop, precision
+
+    seen, after_steps = [], []
+    build = loop.build_model
+
+    def instrumented(*a, **k):
+        model = build(*a, **k)
+        model.register_forward_pre_hook(lambda mod, args: seen.append((mod.training, precision.flags())))
+        return model
+
+    epoch = loop.train_epoch
+
+    def checked(*a, **k):
+        out = epoch(*a, **k)
+        after_steps.append(precision.flags())
+        return out
+
+    monkeypatch.setattr(loop, "build_model", instrumented)
+    monkeypatch.setattr(loop, "train_epoch", checked)
+    before = precision.flags()
+    p = make_params(precision="tf32", epochs=2, snapshot_epochs=[2], robustness_images=0)
+    runs.run_part(p, 0.05, tmp_path, progress=False)
+    assert precision.flags() == before
+    assert {flags for training, flags in seen if training} == {(True, True)}
+    assert {flags for training, flags in seen if not training} == {(False, False)}
+    assert after_steps == [(False, False)] * 2
