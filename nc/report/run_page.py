@@ -16,6 +16,7 @@ import yaml
 from nc.measure import imbalance
 from nc.report.grid import BLUE, ORANGE, RED
 from nc.runs import cube
+from nc.train import losses
 
 
 def selected(ds: xr.Dataset) -> xr.Dataset:
@@ -54,7 +55,8 @@ def loss_accuracy_figure(sel: xr.Dataset):
     tpt = float(sel["tpt_epoch"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.4))
     a.semilogy(sel["epoch"], sel["train_loss"], color="k")
-    a.set(xlabel="epoch", ylabel="training loss (nats)")
+    loss = (yaml.safe_load(sel.attrs.get("parameters", "")) or {}).get("loss", "cross_entropy")
+    a.set(xlabel="epoch", ylabel=losses.get(loss).axis_label)  # nc.train.losses: the loss's own label
     b.plot(sel["epoch"], 100 * sel["eval_train_acc"], label="train (eval mode: marks the TPT)")
     b.plot(sel["epoch"], 100 * sel["train_acc"], label="train (training pass)", lw=0.8, alpha=0.7)
     b.plot(sel["epoch"], 100 * sel["test_acc"], label="test (eval mode)")

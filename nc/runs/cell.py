@@ -139,7 +139,7 @@ def merge_and_write(params: dict, cube_path: Path, parts_dir: Path, keep_checkpo
         progress_mod.path_for(part_path(parts_dir, lr, seed)).unlink(missing_ok=True)
         if not keep_checkpoints:
             ckpt = checkpoint_path(parts_dir, lr, seed)
-            for f in (ckpt, ckpt.with_suffix(".key")):
+            for f in (*train.checkpoint_files(ckpt), ckpt.with_suffix(".key")):  # with its geometry files
                 f.unlink(missing_ok=True)
     return cube_path
 

@@ -27,11 +27,14 @@ import xarray as xr
 from nc import files
 from nc.measure import depth
 from nc.runs import params as params_mod
+from nc.train import losses
+from nc.train import variables as variables_mod
 from nc.train.variables import (  # noqa: F401  (the schema of what a run records)
     DEPTH_STAGES,
     DEPTH_VARIABLES,
     EPOCH_VARIABLES,
     EPOCH_VARS,
+    GEOMETRY_FLOAT64_MAX_BYTES,
     LE,
     LS,
     LSL,
@@ -48,7 +51,6 @@ FORMAT_VERSION = 3
 SELECTION_RULE = ("per run seed, the highest test accuracy at the last epoch among complete runs (paper Section 2G, "
                   "applied to each seed)")
 STATUSES = ("complete", "diverged", "running")
-GEOMETRY_FLOAT64_MAX_BYTES = 64 * 2**20  # larger geometry is written as float32 (the ImageNet cells)
 GEOMETRY = ("class_means", "global_mean", "classifier_weight", "classifier_bias", "within_cov_means",
             "fig1_features")
 
@@ -100,12 +102,12 @@ def rebuild_command(path) -> str:
 
 
 def _attrs(name):
-    v = VARIABLES[name]
+    v = VARIABLES.get(name) or variables_mod.variable(name)  # a loss registered after import: its own variables
     return {"long_name": v.long_name, "units": v.units, "definition": v.definition}
 
 
 def _var(name, data):
-    return xr.Variable(VARIABLES[name].dims, data, _attrs(name))
+    return xr.Variable((VARIABLES.get(name) or variables_mod.variable(name)).dims, data, _attrs(name))
 
 
 def _provenance() -> dict:
@@ -126,8 +128,7 @@ def part(record: dict, params: dict, data_info: dict | None = None) -> xr.Datase
     g = record["geometry"]
     one = lambda v: np.asarray(v)[None, None]
     variables = {k: _var(k, one(v)) for k, v in {**record["epoch"], **record["snapshot"]}.items()}
-    if params["loss"] == "mse":  # a mean squared error of logits against one-hot targets has no unit
-        variables["train_loss"].attrs["units"] = "1"
+    variables["train_loss"].attrs["units"] = losses.get(params["loss"]).units  # nat, or 1 for a squared error
     variables.update({
         "tpt_epoch": _var("tpt_epoch", one(record.get("tpt_epoch", np.nan))),
         "status": _var("status", one(np.array(record["status"], dtype=object))),

@@ -23,9 +23,10 @@ import yaml
 from nc import data, models
 from nc.data.registry import SOURCES, STANDARDIZE
 from nc.models import CLASSIFIERS, STEMS
+from nc.train import losses
 
 PRECISIONS = ("float32", "tf32", "bf16")
-LOSSES = ("cross_entropy", "mse")
+LOSSES = losses.LOSSES  # the registry (nc.train.losses): a loss registered there is a valid value here
 REQUIRED = object()
 
 
@@ -89,9 +90,7 @@ SCHEMA = {
     "width": Key(1.0, lambda v: _num(v) and v > 0, "a positive number (channel multiplier)"),
     "growth_rate": Key(None, _opt(_pos_int), "a positive integer or null (the network's default)"),
     "memory_efficient": Key(False, lambda v: isinstance(v, bool), "true or false", False),
-    "loss": Key("cross_entropy", _one_of(LOSSES),
-                "cross_entropy (the paper) or mse (mean squared error on one-hot targets, as F.mse_loss and the "
-                "authors' notebook's MSE branch; Han, Papyan & Donoho, ICLR 2022)"),
+    "loss": Key("cross_entropy", _one_of(LOSSES), " or ".join(loss.description for loss in LOSSES.values())),
     "classifier": Key("learned", _one_of(CLASSIFIERS),
                       "learned or fixed_etf (the last layer frozen at a seeded simplex ETF, bias 0; Zhu et al. 2021)"),
     "feature_dim": Key(None, _opt(_pos_int), "null or a positive integer p: a linear projection to p features "

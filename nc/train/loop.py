@@ -16,7 +16,6 @@ here changes).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
@@ -25,14 +24,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from nc import files, models
+from nc import models
 from nc.train import ddp
+from nc.train import precision as precision_mod
 from nc.train import progress as progress_mod
+from nc.train.losses import loss_value
+from nc.train.record import (  # noqa: F401  (re-exported: the record's helpers)
+    FIG1_PAPER_EPOCHS,
+    GEOMETRY_BUDGET_BYTES,
+    Record,
+    checkpoint_files,
+    empty_record,
+    fig1_epochs,
+    geometry_epochs,
+    save_atomic,
+)
 from nc.train.snapshot import choose_fixed_samples, eval_pass, measure_depth, measure_snapshot
-from nc.train.variables import DEPTH_STAGES, EPOCH_VARS, SNAPSHOT_VARS
+from nc.train.variables import EPOCH_VARS, SNAPSHOT_VARS
 
 RECORD_EPOCH = EPOCH_VARS
 RECORD_SNAPSHOT = SNAPSHOT_VARS
@@ -93,113 +103,22 @@ def tpt_start(eval_train_acc: np.ndarray, threshold: float) -> float:
     return float(hit[0] + 1) if hit.size else math.nan
 
 
-FIG1_PAPER_EPOCHS = (2, 16, 65, 350)  # of the paper's 350 (VGG13 on CIFAR10)
-
-
-def fig1_epochs(snapshot_epochs, last_epoch: int, paper_epochs=FIG1_PAPER_EPOCHS, paper_last: int = 350) -> list[int]:
-    """The snapshots nearest to the paper's epochs 2, 16, 65 and 350 scaled to this run (the same fractions of
-    the last epoch), each later than the one before (a short run's nearest snapshots coincide: the next one is
-    taken); fewer when the run has fewer snapshots."""
-    snaps = np.sort(np.asarray(snapshot_epochs))
-    out = []
-    for e in paper_epochs:
-        later = snaps[snaps > out[-1]] if out else snaps
-        if later.size:
-            out.append(int(later[np.argmin(np.abs(later - e / paper_last * last_epoch))]))
-    return out
-
-
-GEOMETRY_BUDGET_BYTES = 768 * 2**20  # an ImageNet cell's stored geometry stays under this (the cube under 1 GB)
-
-
-def geometry_epochs(snapshots: list[int], epochs: int, num_classes: int, feature_dim: int, fig1_values: int,
-                    budget: int = GEOMETRY_BUDGET_BYTES) -> list[int]:
-    """The snapshots whose geometry (class means, classifier, within_cov_means, Fig. 1 features; float32 on disk)
-    the cube keeps: all of them when they fit in `budget` bytes, else as many as fit, always the first and last
-    snapshot and Fig. 1's epochs, the rest spread evenly over the remaining snapshots."""
-    C, p = num_classes, feature_dim
-    per = 4 * (2 * C * p + p + C + C * C + fig1_values * p)
-    keep = max(2, budget // per)
-    if keep >= len(snapshots):
-        return list(snapshots)
-    must = sorted({snapshots[0], snapshots[-1], *fig1_epochs(snapshots, epochs)})
-    rest = [e for e in snapshots if e not in must]
-    extra = max(0, keep - len(must))
-    picked = [rest[round(i)] for i in np.linspace(0, len(rest) - 1, extra)] if extra and rest else []
-    return sorted(set(must) | set(picked))
-
-
-def empty_record(params: dict, lr: float, snapshots: list[int], num_classes: int, feature_dim: int,
-                 layer_names=()) -> dict:
-    """Arrays for every epoch (NaN until filled), for the geometry at the geometry_epochs and for collapse by depth
-    at the DEPTH_STAGES epochs (one row per stage, one column per block in `layer_names`)."""
-    E, C, p, L = params["epochs"], num_classes, feature_dim, len(layer_names)
-    nan = lambda *shape: np.full(shape, np.nan)
-    k, m = min(params["fig1_classes"], C), params["fig1_samples"]
-    kept = geometry_epochs(snapshots, E, C, p, k * m)
-    S = len(kept)
-    return {
-        "lr": lr, "seed": list(params["seeds"])[0], "status": "running", "epochs_done": 0, "wall_time": 0.0,
-        "snapshot_epochs": snapshots,
-        "geometry_epochs": kept,
-        "epoch": {key: nan(E) for key in RECORD_EPOCH},
-        "snapshot": {key: nan(E) for key in RECORD_SNAPSHOT},
-        "geometry": {
-            "class_means": nan(S, C, p), "global_mean": nan(S, p), "classifier_weight": nan(S, C, p),
-            "classifier_bias": nan(S, C), "within_cov_means": nan(S, C, C),
-            "fig1_features": nan(S, k, m, p),
-        },
-        "fig1_classes": [], "fig1_indices": [], "robustness_indices": [],
-        "depth": {"layer_names": list(layer_names), "layer_widths": np.zeros(L, dtype=np.int64),
-                  "epoch": nan(len(DEPTH_STAGES)), "rho": nan(len(DEPTH_STAGES)), "r2": nan(len(DEPTH_STAGES)),
-                  **{k: nan(len(DEPTH_STAGES), L) for k in ("nc1", "trace_ratio", "ncc_acc_train", "ncc_acc_test")}},
-    }
-
-
-def record_depth(record: dict, stages: list[str], epoch: int, model, data, params: dict) -> None:
-    """Collapse by depth at `epoch` (nc.train.snapshot.measure_depth, one pass) into the record's rows for `stages`."""
-    d, out = record["depth"], measure_depth(model, data, params)
-    d["layer_widths"] = out["widths"]
-    for row in (DEPTH_STAGES.index(stage) for stage in stages):
-        d["epoch"][row], d["rho"][row], d["r2"][row] = epoch, out["rho"], out["r2"]
-        for key in ("nc1", "trace_ratio", "ncc_acc_train", "ncc_acc_test"):
-            d[key][row] = out[key]
-
-
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename; a failed write (full disk) removes it and keeps the old file."""
-    with files.atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def precision_context(precision: str, device: torch.device):
-    """The autocast context of a precision (nc.runs.params PRECISIONS); sets CUDA's TF32 switches (off unless tf32: they
-    are on by default for convolutions, which would silently make 'float32' TF32)."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def loss_value(logits: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy") -> torch.Tensor:
-    """The batch's mean loss: cross-entropy (nats), or for "mse" F.mse_loss against one-hot targets, the mean over
-    the B * C entries, as the authors' notebook trains its MSE branch."""
-    if loss == "mse":
-        return F.mse_loss(logits, F.one_hot(y, logits.shape[1]).to(logits.dtype))
-    return F.cross_entropy(logits, y)
+    """The training step's precision context (nc.train.precision.step): TF32 or bf16 autocast inside the step only,
+    the TF32 switches restored after it."""
+    return precision_mod.step(precision, device)
 
 
 def sgd_step(model, opt, x, y, autocast, loss: str = "cross_entropy",
              scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on a batch; returns the batch's mean loss (loss_value) and its logits (detached). The gradient
-    is that of `scale` x the loss (DDP: a rank's share of a partial last global batch, nc.train.ddp)."""
+    """One SGD step on a batch; returns the batch's mean loss (nc.train.losses) and its logits (detached). The
+    gradient is that of `scale` x the loss (DDP: a rank's share of a partial last global batch, nc.train.ddp)."""
     with autocast:
         logits = model(x)
         loss = loss_value(logits, y, loss)
-    opt.zero_grad(set_to_none=True)
-    (loss if scale == 1 else loss * scale).backward()
-    opt.step()
+        opt.zero_grad(set_to_none=True)
+        (loss if scale == 1 else loss * scale).backward()
+        opt.step()
     return loss.detach(), logits.detach()
 
 
@@ -207,8 +126,9 @@ def train_epoch(net, model, opt, split, order, batch_size: int, autocast, loss: 
                 max_steps: int | None = None) -> tuple[float, float]:
     """One epoch of SGD steps over `split` in `order`, global batches of `batch_size` (a last batch too small for
     BatchNorm is skipped); under DDP (nc.train.ddp) this rank's rows of each batch, through `net` (the DDP wrapper of
-    `model`). Returns the mean loss and the training-pass accuracy over the rows seen, summed over the ranks.
-    max_steps: stop after that many steps (the benchmark's short epochs)."""
+    `model`). Returns the mean loss and the training-pass accuracy over the rows seen, summed over the ranks; the
+    sums stay on the device until the epoch ends (no host sync per batch). max_steps: stop after that many steps
+    (the benchmark's short epochs)."""
     ctx = ddp.current()
     model.train()
     seen = len(order) - ddp.tail_skipped(len(order), batch_size)  # one process: a last batch of one image
@@ -247,118 +167,113 @@ def build_optimizer(params: dict, model, lr: float) -> torch.optim.Optimizer:
                            weight_decay=params["weight_decay"])
 
 
-def _resume(checkpoint: Path, model, opt, record: dict, device) -> dict | None:
-    """The record of a checkpoint, loaded into model and opt; None (after one warning, the file removed) when it
-    cannot be read or does not fit this run."""
+def _start(params: dict, lr: float, data, seed: int, checkpoint: Path | None):
+    """(model, optimizer, Record): resumed from the checkpoint when every rank can read it (DDP: all or none), else
+    fresh, with the seeded weights and the fixed samples. An unreadable checkpoint: one warning, its files removed."""
+    def fresh():
+        model = build_model(params, data.num_classes, data.in_channels, data.image_size, data.train.device, seed)
+        record = Record(params, lr, seed, snapshot_schedule(params["epochs"], params["snapshot_epochs"]),
+                        data.num_classes, model.classifier.in_features,
+                        [name for name, _ in model.blocks()] if params["depth"] else [], checkpoint)
+        return model, build_optimizer(params, model, lr), record
+
+    model, opt, record = fresh()
+    ddp.barrier()  # DDP: no rank reads the checkpoint before rank 0 has vetted it (nc.runs)
+    tried = checkpoint is not None and Path(checkpoint).is_file()
     try:
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        saved = state["record"]
-        for group in ("epoch", "snapshot", "geometry"):
-            for key, value in record[group].items():
-                if np.shape(saved[group][key]) != np.shape(value):
-                    raise ValueError(f"record[{group!r}][{key!r}] has shape {np.shape(saved[group][key])}, "
-                                     f"expected {np.shape(value)}")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        return saved
+        if tried:
+            record.load(model, opt, data.train.device)
     except Exception as err:
         warnings.warn(f"{checkpoint}: the checkpoint cannot be resumed ({type(err).__name__}: {err}); this lr "
                       "restarts from scratch", RuntimeWarning, stacklevel=3)
-        checkpoint.unlink(missing_ok=True)
-        return None
+        for f in checkpoint_files(checkpoint):
+            f.unlink(missing_ok=True)
+        tried = False
+    if not ddp.every_rank(tried):  # DDP: every rank resumes, or none does; a failed load may have changed weights
+        model, opt, record = fresh()
+        choose_fixed_samples(record.data, data, params)
+    return model, opt, record
+
+
+def _finite(model) -> bool:
+    """Every floating-point weight and buffer is finite (one host sync)."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in model.state_dict().values()
+                             if t.is_floating_point()]).all())
+
+
+def _train(record: Record, epoch: int, net, model, opt, data, lr: float, seed: int, step, params: dict) -> None:
+    """The epoch's SGD steps at `lr` (the batch order depends only on the run seed and the epoch) into the record;
+    a non-finite loss or weight marks the run diverged."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    loss, acc = train_epoch(net, model, opt, data.train, order, params["batch_size"], step, params["loss"])
+    record.set(epoch, train_loss=loss, train_acc=acc, lr_schedule=lr)
+    if not (math.isfinite(loss) and _finite(model)):
+        record.data["status"] = "diverged"  # record it, end the run cleanly
+
+
+def _evaluate(record: Record, epoch: int, model, data, params: dict, bar) -> None:
+    """The eval-mode passes: at a snapshot epoch every measure (nc.train.snapshot), else the two accuracies."""
+    if not record.running:
+        return
+    if epoch not in record.data["snapshot_epochs"]:
+        ebs = params["eval_batch_size"]
+        record.set(epoch, eval_train_acc=eval_pass(model, data.train, ebs), test_acc=eval_pass(model, data.test, ebs))
+        return
+    try:
+        values, geometry = measure_snapshot(model, data, record.data, params)
+    except FloatingPointError:  # finite weights, but features overflow: diverged too
+        record.data["status"] = "diverged"
+        return
+    record.add_snapshot(epoch, values, geometry)
+    bar.set_postfix(loss=f"{record.data['epoch']['train_loss'][epoch - 1]:.3g}",
+                    acc=f"{values['eval_train_acc']:.4f}", nc1=f"{values['nc1']:.3g}")
+
+
+def run_label(params: dict, lr: float, seed: int) -> str:
+    """The progress label when the caller gives none: `<name> lr=<lr>`, with ` seed=<s>` for several run seeds."""
+    name = params.get("name") or f"{params['dataset']}-{params['network']}"
+    return f"{name} lr={lr:g}" + (f" seed={seed}" if len(list(params["seeds"])) > 1 else "")
 
 
 def train_one_lr(params: dict, lr: float, data, checkpoint: Path | None = None, progress: bool = True,
-                 stop_after: int | None = None, seed: int | None = None, progress_file: Path | None = None) -> dict:
-    """Train one learning rate to the end (or until divergence); returns the record (see `empty_record`).
+                 stop_after: int | None = None, seed: int | None = None, progress_file: Path | None = None,
+                 label: str | None = None) -> dict:
+    """Train one learning rate to the end (or until divergence); returns the record (nc.train.record).
 
-    `checkpoint`: a file to resume from and to write after every epoch. `stop_after`: return after that
-    many epochs of this call (used by tests to interrupt a run). `seed`: the run seed (initialisation and batch
-    order; default the file's first run seed); the data subset and the Fig. 1 / DeepFool samples follow the data
-    seed params["seed"], the same for every run seed.
-    `progress_file`: where the run reports its epoch, pace and ETA after every epoch (nc.train.progress)."""
+    `checkpoint`: a file to resume from and to write after every epoch (with the geometry files beside it).
+    `stop_after`: return after that many epochs of this call (used by tests to interrupt a run). `seed`: the run
+    seed (initialisation and batch order; default the file's first run seed); the data subset and the Fig. 1 /
+    DeepFool samples follow the data seed params["seed"], the same for every run seed. `progress_file`: where the
+    run reports its epoch, pace and ETA after every epoch (nc.train.progress). `label`: the progress label
+    (default run_label)."""
     seed = list(params["seeds"])[0] if seed is None else seed
-    device = data.train.device
-    model = build_model(params, data.num_classes, data.in_channels, data.image_size, device, seed)
-    opt = build_optimizer(params, model, lr)
-    snapshots = snapshot_schedule(params["epochs"], params["snapshot_epochs"])
-    record = empty_record(params, lr, snapshots, data.num_classes, model.classifier.in_features,
-                          [name for name, _ in model.blocks()] if params["depth"] else [])
-    record["seed"] = seed
-    ddp.barrier()  # DDP: no rank reads the checkpoint before rank 0 has vetted it (nc.runs)
-    tried = checkpoint is not None and Path(checkpoint).is_file()
-    resumed = _resume(Path(checkpoint), model, opt, record, device) if tried else None
-    if not ddp.every_rank(resumed is not None):  # DDP: every rank resumes, or none does
-        if tried:  # a failed load may have changed some weights: start from the seeded ones
-            model = build_model(params, data.num_classes, data.in_channels, data.image_size, device, seed)
-            opt = build_optimizer(params, model, lr)
-        resumed = None
-    if resumed is not None:
-        record = resumed
-    else:
-        choose_fixed_samples(record, data, params)
+    model, opt, record = _start(params, lr, data, seed, checkpoint)
     lrs = lr_schedule(lr, params["epochs"], params["lr_milestones"], params["lr_gamma"])
-    N, bs, ebs = len(data.train), params["batch_size"], params["eval_batch_size"]
     ctx, net = ddp.current(), ddp.wrap(model)  # net takes the steps (DDP over model); model is evaluated, saved
-    autocast = precision_context(params["precision"], device)
-    start_epoch = record["epochs_done"] + 1
-    label = f"{params.get('name') or params['dataset'] + '-' + params['network']} lr={lr:g}" + (
-        f" seed={seed}" if len(list(params["seeds"])) > 1 else "")
-    bar = tqdm(range(start_epoch, params["epochs"] + 1), initial=start_epoch - 1, total=params["epochs"], desc=label,
+    step, label, E = precision_context(params["precision"], data.train.device), label or run_label(params, lr, seed), \
+        params["epochs"]
+    bar = tqdm(range(record.next_epoch, E + 1), initial=record.next_epoch - 1, total=E, desc=label,
                disable=not (progress and ctx.is_main), unit="epoch", mininterval=10)
     started = time.perf_counter()
-    for done_here, epoch in enumerate(bar, 1):
-        if record["status"] != "running":
-            break
-        t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = float(lrs[epoch - 1])
-        order = torch.randperm(N, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        ep = record["epoch"]
-        ep["train_loss"][epoch - 1], ep["train_acc"][epoch - 1] = train_epoch(
-            net, model, opt, data.train, order, bs, autocast, params["loss"])
-        ep["lr_schedule"][epoch - 1] = lrs[epoch - 1]
-        finite = math.isfinite(ep["train_loss"][epoch - 1]) and all(
-            torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
-        if not finite:
-            record["status"] = "diverged"  # a non-finite loss or weight: record it, end the run cleanly
-        elif epoch in snapshots:
-            try:
-                values, geometry = measure_snapshot(model, data, record, params)
-            except FloatingPointError:  # finite weights, but features overflow: diverged too
-                record["status"] = "diverged"
-            else:
-                for key in ("eval_train_acc", "test_acc"):
-                    ep[key][epoch - 1] = values[key]
-                for key in RECORD_SNAPSHOT:
-                    record["snapshot"][key][epoch - 1] = values[key]
-                if epoch in record["geometry_epochs"]:
-                    s = record["geometry_epochs"].index(epoch)
-                    for key, value in geometry.items():
-                        record["geometry"][key][s] = value
-                bar.set_postfix(loss=f"{ep['train_loss'][epoch - 1]:.3g}", acc=f"{values['eval_train_acc']:.4f}",
-                                nc1=f"{values['nc1']:.3g}")
-        else:
-            ep["eval_train_acc"][epoch - 1] = eval_pass(model, data.train, ebs)
-            ep["test_acc"][epoch - 1] = eval_pass(model, data.test, ebs)
-        if params["depth"] and record["status"] == "running":
-            reached = ep["eval_train_acc"][epoch - 1] >= params["tpt_threshold"]
-            stages = [s for s, due in (("first", epoch == snapshots[0]), ("last", epoch == snapshots[-1]),
-                                       ("tpt", reached and np.isnan(record["depth"]["epoch"][1]))) if due]
+    with precision_mod.float32():  # eval and measurement in float32; the step's own precision inside train_epoch
+        for done_here, epoch in enumerate(bar, 1):
+            if not record.running:
+                break
+            t0 = time.perf_counter()
+            _train(record, epoch, net, model, opt, data, float(lrs[epoch - 1]), seed, step, params)
+            _evaluate(record, epoch, model, data, params, bar)
+            stages = record.depth_stages(epoch)
             if stages:
-                record_depth(record, stages, epoch, model, data, params)
-        if epoch == params["epochs"] and record["status"] == "running":
-            record["status"] = "complete"
-        record["epochs_done"] = epoch
-        record["wall_time"] += time.perf_counter() - t0
-        if checkpoint is not None and ctx.is_main:  # DDP: rank 0 writes it, the bare model (no "module." prefix)
-            save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "record": record},
-                        Path(checkpoint))
-        if progress_file is not None and ctx.is_main:
-            pace = (time.perf_counter() - started) / done_here
-            progress_mod.write(progress_file, label, epoch, params["epochs"], pace, record["status"])
-        if stop_after is not None and done_here >= stop_after:
-            break
+                record.add_depth(stages, epoch, measure_depth(model, data, params))
+            record.end_epoch(epoch, time.perf_counter() - t0)
+            if checkpoint is not None and ctx.is_main:  # DDP: rank 0 writes it, the bare model (no "module.")
+                record.save(model, opt)
+            if progress_file is not None and ctx.is_main:
+                pace = (time.perf_counter() - started) / done_here
+                progress_mod.write(progress_file, label, epoch, E, pace, record.data["status"])
+            if stop_after is not None and done_here >= stop_after:
+                break
     bar.close()
-    record["tpt_epoch"] = tpt_start(record["epoch"]["eval_train_acc"], params["tpt_threshold"])
-    return record
+    return record.finish(tpt_start(record.data["epoch"]["eval_train_acc"], params["tpt_threshold"]))

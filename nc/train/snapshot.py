@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from nc import measure
-from nc.measure import central_path, depth, followups, imbalance, robustness
-from nc.train import ddp
+from nc.measure import depth, followups, imbalance, robustness
+from nc.train import ddp, losses, variables
 
 
 @torch.no_grad()
@@ -67,12 +67,9 @@ def minority(num_classes: int) -> list[int]:
 
 
 def loss_terms(moments, W, b, params: dict) -> dict:
-    """The central-path decomposition of the MSE loss (nc.measure.central_path), NaN for cross-entropy runs."""
-    if params["loss"] != "mse":
-        return dict.fromkeys(central_path.TERMS, math.nan)
-    terms = central_path.central_path_terms(moments.class_means, moments.counts, moments.sigma_w, W, b,
-                                            params["weight_decay"])
-    return {k: terms[k] for k in central_path.TERMS}
+    """The variables the losses add (nc.train.losses): the run's own loss computes its own (the MSE loss: its
+    central-path decomposition, nc.measure.central_path), the others' are NaN."""
+    return losses.snapshot_terms(params["loss"], moments, W, b, params, variables.loss_variables())
 
 
 def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dict]:

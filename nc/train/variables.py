@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from nc.measure import central_path, depth, followups, imbalance, paper
+import numpy as np
+
+from nc.measure import depth, followups, imbalance, paper
+from nc.train import losses
 
 DEPTH_STAGES = ("first", "tpt", "last")  # the first snapshot, the TPT start epoch, the last snapshot
+GEOMETRY_FLOAT64_MAX_BYTES = 64 * 2**20  # larger geometry is kept as float32 (the ImageNet cells)
 
 
 class Var(NamedTuple):
@@ -19,6 +23,20 @@ class Var(NamedTuple):
 
 
 LE = ("lr", "seed", "epoch")
+
+
+def loss_variables(registry=None) -> dict:
+    """The snapshot variables the registered losses add (nc.train.losses), NaN for runs of another loss."""
+    registry = losses.LOSSES if registry is None else registry
+    out = {}
+    for loss in registry.values():
+        others = ", ".join(name for name in registry if name != loss.name)
+        for k, (long_name, units, definition) in loss.variables.items():
+            out[k] = Var(LE, long_name, units, f"{definition}; NaN off snapshot epochs and for loss {others}")
+    return out
+
+
+LOSS_VARIABLES = loss_variables()
 EPOCH_VARIABLES = {
     "train_loss": Var(LE, "training loss", "nat",
                       "mean loss over the epoch's training batches (train mode, as trained): cross-entropy in nats, "
@@ -45,8 +63,7 @@ SNAPSHOT_VARIABLES = {
                         "Tr(Sigma_W), Sigma_W = Ave_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T, train features"),
     **{k: Var(LE, k.replace("_", " "), "1", followups.DEFINITIONS[k] + "; NaN off snapshot epochs")
        for k in followups.FOLLOWUP_METRICS},
-    **{k: Var(LE, k.replace("_", " "), "1", central_path.DEFINITIONS[k] + "; NaN off snapshot epochs and for "
-              "loss cross_entropy") for k in central_path.TERMS},
+    **LOSS_VARIABLES,
     **{k: Var(LE, k.replace("_", " "), "1", imbalance.DEFINITIONS[k] + "; minority = the classes an imbalanced run "
               "gives n/R images (the last floor(C/2)), the same groups on balanced runs; NaN off snapshot epochs")
        for k in imbalance.DEFINITIONS},
@@ -63,3 +80,22 @@ DEPTH_VARIABLES = {
 }
 EPOCH_VARS = tuple(EPOCH_VARIABLES)
 SNAPSHOT_VARS = tuple(SNAPSHOT_VARIABLES)
+
+
+def snapshot_names(loss: str) -> tuple:
+    """The snapshot variables of a run of `loss`: SNAPSHOT_VARS, plus the variables of a loss registered after
+    import (nc.train.losses), which only its own runs carry."""
+    return SNAPSHOT_VARS + tuple(k for k in losses.get(loss).variables if k not in SNAPSHOT_VARIABLES)
+
+
+def variable(name: str) -> Var:
+    """The Var of a record variable, a later-registered loss's included."""
+    return {**EPOCH_VARIABLES, **SNAPSHOT_VARIABLES, **DEPTH_VARIABLES, **loss_variables()}[name]
+
+
+def geometry_dtype(geometry: dict) -> type:
+    """float32 when a run's float64 geometry (every kept epoch) would exceed GEOMETRY_FLOAT64_MAX_BYTES, else float64:
+    the dtype the cube stores it in (nc.runs.cube.write) and the geometry files keep (nc.train.record)."""
+    total = sum(np.asarray(v).size * 8 for v in geometry.values())
+    return np.float32 if total > GEOMETRY_FLOAT64_MAX_BYTES else np.float64
+
