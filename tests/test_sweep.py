@@ -612,3 +612,37 @@ def test_deadline_as_a_time_of_day_is_the_next_such_moment():
             jobs.parse_deadline(bad, now)
     with pytest.raises(SystemExit):  # argparse: a usage error naming the value, before anything runs
         sweep.main([str(ROOT / "parameters" / "demo"), "--deadline", "soon"])
+
+
+def test_the_parameters_module_names_a_cells_runs_and_their_data(tmp_path):
+    """One owner (nc.runs.params) for the cell name, the run label, the (lr, seed) jobs and nc.data.load's
+    arguments; the sweep's Job and probe, the cell's paths and the missing marker use them."""
+    import inspect
+
+    from nc import data
+
+    p = params.validate(TINY | {"network": "vgg11", "seeds": [0, 2], "imbalance_ratio": 10, "standardize": "pixel"})
+    assert params.cell_name(p) == "demo-vgg11" and params.cell_name(p | {"name": "demo-vgg11-mse"}) == "demo-vgg11-mse"
+    assert params.jobs(p) == [(0.02, 0), (0.02, 2), (0.05, 0), (0.05, 2)]
+    assert params.run_label(p, 0.05, 2) == "demo-vgg11 lr=0.05 seed=2"
+    one = p | {"seeds": [0]}
+    assert params.run_label(one, 0.05) == "demo-vgg11 lr=0.05" and params.run_label(one | {"seeds": [3]}, 0.05) == \
+        "demo-vgg11 lr=0.05 seed=3"
+    assert sweep.Job(p, 0.02, tmp_path, 2).label == params.run_label(p, 0.02, 2)
+    arguments = params.data_arguments(p)
+    load = inspect.signature(data.load).parameters
+    assert set(arguments) == set(load) - {"device", "download"}  # every data argument, each from its key
+    assert (arguments["standardize_by"], arguments["imbalance_ratio"]) == ("pixel", 10)
+    assert runs.paths(p, tmp_path) == (tmp_path / "demo-vgg11.nc", tmp_path / "parts" / "demo-vgg11")
+    assert cube.missing_path(tmp_path, p) == tmp_path / "demo-vgg11.missing.json"
+
+
+def test_the_probe_loads_the_data_as_the_run_does(monkeypatch):
+    """dataset_missing passes every data argument (standardisation, imbalance) but one image per class."""
+    from nc import data
+
+    seen = {}
+    monkeypatch.setattr(data, "load", lambda **kw: seen.update(kw))
+    p = params.validate(TINY | {"network": "vgg11", "imbalance_ratio": 4, "standardize": "pixel"})
+    assert sweep.dataset_missing(p) is None
+    assert seen == params.data_arguments(p) | {"n_per_class": 1, "test_n_per_class": 1, "device": "cpu"}

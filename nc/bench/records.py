@@ -87,8 +87,7 @@ def cell_params(cell: str, overrides: dict) -> dict:
 
 def demo_data(params: dict, device, cache: dict):
     """The run's dataset as nc.runs loads it, once per distinct set of data keys."""
-    key = tuple(params[k] for k in ("dataset", "n_per_class", "test_n_per_class", "image_size", "standardize",
-                                    "seed", "class_counts", "imbalance_ratio"))
+    key = repr(sorted(params_mod.data_arguments(params).items()))
     if key not in cache:
         cache[key] = runs.load_data(params, device)
     return cache[key]

@@ -76,8 +76,9 @@ def write_record(job, job_id: str, executor: str, folder) -> Path:
     submit time (UTC), parameter hash, cell, lr and the submitit folder (a Slurm job is rebuilt from id and folder)."""
     path = record_path(job)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"job_id": str(job_id), "executor": executor, "cell": job.params["name"], "lr": job.lr, "seed": job.seed,
-              "parameter_hash": params_mod.run_digest(job.params), "folder": str(Path(folder).resolve()),
+    record = {"job_id": str(job_id), "executor": executor, "cell": params_mod.cell_name(job.params), "lr": job.lr,
+              "seed": job.seed, "parameter_hash": params_mod.run_digest(job.params),
+              "folder": str(Path(folder).resolve()),
               "submitted": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     return files.write_json(path, record)
 

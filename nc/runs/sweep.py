@@ -48,8 +48,7 @@ class Job:
 
     @property
     def label(self) -> str:
-        several = len(params_mod.run_seeds(self.params)) > 1
-        return f"{self.params['name']} lr={self.lr:g}" + (f" seed={self.seed}" if several or self.seed else "")
+        return params_mod.run_label(self.params, self.lr, self.seed)
 
 
 def dataset_missing(params: dict) -> str | None:
@@ -59,12 +58,11 @@ def dataset_missing(params: dict) -> str | None:
     the same time); a prepared store is only opened."""
     from nc import data
 
-    store = params["data_source"] == "store"
+    arguments = params_mod.data_arguments(params)
+    if params["data_source"] != "store":
+        arguments |= {"n_per_class": 1, "test_n_per_class": 1}
     try:
-        data.load(params["dataset"], n_per_class=params["n_per_class"] if store else 1,
-                  test_n_per_class=params["test_n_per_class"] if store else 1, image_size=params["image_size"],
-                  device="cpu", seed=params["seed"], root=params["data_root"], npz_dir=params["npz_dir"],
-                  npz_file=params["npz_file"], source=params["data_source"], store_dir=params["store_dir"])
+        data.load(**arguments, device="cpu")
     except data.DatasetUnavailable as err:
         return str(err)
     return None
@@ -123,7 +121,7 @@ def _plan(cells: list[dict], cube_dir: Path, plan: Plan) -> Plan:
             plan.current.append(cube_path)
             cube.missing_path(cube_dir, p).unlink(missing_ok=True)
             continue
-        every = [Job(p, lr, parts_dir, seed) for lr in p["lrs"] for seed in params_mod.run_seeds(p)]
+        every = [Job(p, lr, parts_dir, seed) for lr, seed in params_mod.jobs(p)]
         todo = [j for j in every if not runs.part_finished(p, j.lr, parts_dir, j.seed)]
         plan.finished_parts += len(every) - len(todo)
         if todo:
@@ -179,7 +177,7 @@ def _merge_complete(plan: Plan, cube_dir: Path, keep_checkpoints: bool) -> tuple
         if p["name"] in plan.missing:
             continue
         cube_path, parts_dir = runs.paths(p, cube_dir)
-        every = [(lr, seed) for lr in p["lrs"] for seed in params_mod.run_seeds(p)]
+        every = params_mod.jobs(p)
         done = sum(runs.part_finished(p, lr, parts_dir, seed) for lr, seed in every)
         if done < len(every):
             unfinished[p["name"]] = (done, len(every))
