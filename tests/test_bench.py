@@ -3,6 +3,10 @@
 the bf16 comparison applies its tolerance rule as stated."""
 import json
 import math
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +18,8 @@ from nc.bench import gpu as bench_gpu
 from nc.bench import suite as bench
 
 RATIO_KEYS = {"ratio_of", "numerator", "denominator"}
+ROOT = Path(__file__).resolve().parent.parent
+DEADLINE_S = 900  # generous: a busy 2-core machine; only a failing test waits this long
 
 
 @pytest.fixture
@@ -79,6 +85,44 @@ def test_quick_bench_writes_json_and_markdown(tmp_path, capsys, one_thread):
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| what")]
     assert len(rows) == len(records)
     assert md in capsys.readouterr().out
+
+
+def _records_in(path: Path) -> list:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+
+
+def test_a_bench_killed_after_its_first_record_leaves_it_on_disk(tmp_path):
+    """SIGKILL (no cleanup runs) once the JSON holds a record: both files parse and hold every record written."""
+    proc = subprocess.Popen([sys.executable, "-m", "nc.bench", "--quick", "--out", str(tmp_path), "--device", "cpu",
+                             "--threads", "1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    json_path = tmp_path / "bench-cpu.json"
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while not _records_in(json_path) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the bench ended before it was killed"
+    finally:
+        proc.kill()
+        proc.wait()
+    records = json.loads(json_path.read_text())  # parses: rewritten whole, atomically
+    assert len(records) >= 1 and records[0]["what"] == "metric_time"
+    check_records(records)
+    rows = [line for line in (tmp_path / "bench-cpu.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| what")]
+    assert len(rows) in (len(records), len(records) - 1)  # the Markdown is written just after the JSON
+
+
+def test_a_spent_budget_records_the_cases_left_as_skipped(tmp_path, one_thread):
+    bench.main(["--quick", "--out", str(tmp_path), "--device", "cpu", "--budget", "1e-9"])
+    records = json.loads((tmp_path / "bench-cpu.json").read_text())
+    check_records(records)
+    what = by_what(records)
+    assert {"metric_time", "train_throughput", "tpt_cost", "snapshot_cost", "layer_cost"} <= set(what)
+    assert all(r["value"] is None for r in records)
+    assert all("--budget of 1e-09 s" in r["note"] for r in records if r["what"] != "bf16_check")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

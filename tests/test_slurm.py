@@ -41,7 +41,8 @@ TAMPERED_WALL_TIME = 1e6  # written into a held job's checkpoint: only a run res
 # The driver, with nc.runs.executors.TrainPart wrapped (the wrapper lives in __main__, so cloudpickle sends it by
 # value):
 # in a job's first run (not a requeued one), after its NC_TEST_HOLD_AFTER-th checkpoint it holds until the file
-# NC_TEST_RELEASE exists (for ever without one: until Slurm's USR2 or a kill ends it). NC_TEST_HOLD_LRS: only those.
+# NC_TEST_RELEASE exists (for ever without one: until Slurm's USR2 or a kill ends it). NC_TEST_HOLD_LRS: only those;
+# NC_TEST_HOLD_CELLS: only those cells.
 HOLD_SCRIPT = """
 import os, sys, time
 import submitit
@@ -49,19 +50,20 @@ from nc.runs import executors, sweep
 
 class HeldTrainPart(submitit.helpers.Checkpointable):
     def __call__(self, params, lr, parts_dir, threads, seed=None):
-        from nc import train  # in the job's process: the original TrainPart
-        from nc.runs import executors
+        from nc.runs import executors  # in the job's process: the original TrainPart
+        from nc.train import loop  # the loop writes its checkpoints with loop.save_atomic
         hold, lrs = os.environ.get("NC_TEST_HOLD_AFTER"), os.environ.get("NC_TEST_HOLD_LRS")
+        cells = os.environ.get("NC_TEST_HOLD_CELLS")
         first_run = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
-        if hold and first_run and (not lrs or f"{lr:g}" in lrs.split(",")):
-            name = "save_atomic" if hasattr(train, "save_atomic") else "_save_atomic"
-            save, saved, release = getattr(train, name), [0], os.environ.get("NC_TEST_RELEASE")
+        if hold and first_run and (not lrs or f"{lr:g}" in lrs.split(",")) and (
+                not cells or params["name"] in cells.split(",")):
+            save, saved, release = loop.save_atomic, [0], os.environ.get("NC_TEST_RELEASE")
             def save_then_hold(obj, path):
                 save(obj, path)
                 saved[0] += 1
                 while saved[0] >= int(hold) and not (release and os.path.exists(release)):
                     time.sleep(0.2)
-            setattr(train, name, save_then_hold)
+            loop.save_atomic = save_then_hold
         return executors.TrainPart()(params, lr, parts_dir, threads, seed)
 
 executors.TrainPart = HeldTrainPart
@@ -134,9 +136,7 @@ def _record(profile, cubes: Path, lr: float) -> dict | None:
 
 
 def _checkpoint(profile, cubes: Path, lr: float) -> Path:
-    """The checkpoint file of an lr (nc.runs.checkpoint_path, where nc.runs has it)."""
-    parts = _parts(profile, cubes)
-    return runs.checkpoint_path(parts, lr) if hasattr(runs, "checkpoint_path") else parts / f"lr-{lr:.6g}.ckpt"
+    return runs.checkpoint_path(_parts(profile, cubes), lr)
 
 
 def _epochs_in_checkpoint(profile, cubes: Path, lr: float) -> int:
@@ -261,6 +261,35 @@ def test_a_stopped_driver_exits_only_after_its_slurm_jobs_are_gone(cluster, prof
     assert "stopping 2 job(s) before exiting" in out and "2 job(s) stopped" in out, out
     states = dict(_sacct(cluster, "--allocations", "--format=JobID,State", f"--jobs={','.join(ids)}"))
     assert all(states[j].startswith("CANCELLED") for j in ids), states
+
+
+def test_a_stopped_slurm_sweep_merges_its_complete_cells_and_says_which_will_resume(cluster, profile, tmp_path):
+    """As the local executor (tests/test_sweep.py): a second cell whose jobs hold after a checkpoint; SIGTERM once
+    the first cell's parts are finished: its jobs are scancelled and gone, the first cell's cube is written (equal
+    to the local executor's), the second is said to resume, and the driver exits non-zero after that."""
+    two = tmp_path / "two"
+    two.mkdir()
+    for f in ("_defaults.yaml", "_executor.yaml", f"{CELL}.yaml"):
+        (two / f).write_text((profile["dir"] / f).read_text())
+    (two / "demo-vgg13.yaml").write_text("network: vgg13\n")
+    held = params.load(two / "demo-vgg13.yaml")
+    cubes, log = tmp_path / "cubes", tmp_path / "driver.log"
+    driver = _driver(cluster, {"dir": two}, cubes, log=log, hold={"NC_TEST_HOLD_AFTER": "1",
+                                                                  "NC_TEST_HOLD_CELLS": "demo-vgg13"})
+    first = {"params": profile["params"]}
+    _poll(lambda: all(runs.part_finished(first["params"], lr, _parts(first, cubes)) for lr in TINY["lrs"]),
+          f"finished parts of {CELL}", log)
+    _poll(lambda: all(_epochs_in_checkpoint({"params": held}, cubes, lr) >= 1 for lr in TINY["lrs"]),
+          "held checkpoints of demo-vgg13", log)
+    ids = [jobs.read_record(sweep.Job(held, lr, runs.paths(held, cubes)[1]))["job_id"] for lr in TINY["lrs"]]
+    driver.send_signal(signal.SIGTERM)
+    status, out = _finish(driver, log)
+    assert status != 0 and _live(cluster, ids) == {}, out
+    assert "stopping 2 job(s) before exiting" in out and "stopped by SIGTERM" in out, out
+    assert f"complete (1 cell(s), cube current): {CELL}" in out, out
+    assert "will resume (1 cell(s); run the same command again): demo-vgg13 (0 of 2 parts finished)" in out, out
+    assert out.index("2 job(s) stopped") < out.index("cube: ") < out.index("will resume"), out
+    _assert_same_cube(_cube(profile, cubes), profile["local"])
 
 
 def test_a_scancelled_job_is_reported_and_resumed_by_a_rerun(cluster, profile, tmp_path):

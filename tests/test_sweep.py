@@ -31,20 +31,44 @@ KILLED_CELL, KILLED_LR = "demo-vgg11", 0.05
 TAMPERED_WALL_TIME = 1e6  # written into the killed job's checkpoint: only a resumed run carries it on
 
 # run_part in a process of its own that stops (sleeps for good) after its first checkpoint, so that the test
-# SIGKILLs it mid-run whatever the machine's speed (nc.train's atomic save is save_atomic, formerly _save_atomic)
+# SIGKILLs it mid-run whatever the machine's speed (the loop writes its checkpoint with nc.train.loop.save_atomic)
 KILL_SCRIPT = """
 import sys, time, torch
-from nc import runs, train
+from nc import runs
 from nc.runs import params
+from nc.train import loop
 torch.set_num_threads(1)
-name = "save_atomic" if hasattr(train, "save_atomic") else "_save_atomic"
-save = getattr(train, name)
+save = loop.save_atomic
 def save_then_stop(obj, path):
     save(obj, path)
     while True:
         time.sleep(60)
-setattr(train, name, save_then_stop)
+loop.save_atomic = save_then_stop
 runs.run_part(params.load(sys.argv[1]), float(sys.argv[2]), sys.argv[3], progress=False)
+"""
+# The driver (python -m nc.sweep's main) with nc.runs.executors.TrainPart wrapped (in __main__, so cloudpickle sends
+# the wrapper by value): the jobs of the cell NC_TEST_HOLD_CELL hold (sleep) after every checkpoint until killed,
+# so that they are surely running, and never finish, when the test stops the driver.
+HOLD_SCRIPT = """
+import os, sys, time
+import submitit
+from nc.runs import executors, sweep
+
+class HeldTrainPart(submitit.helpers.Checkpointable):
+    def __call__(self, params, lr, parts_dir, threads, seed=None):
+        from nc.runs import executors
+        from nc.train import loop
+        if params["name"] == os.environ.get("NC_TEST_HOLD_CELL"):
+            save = loop.save_atomic
+            def save_then_hold(obj, path):
+                save(obj, path)
+                while True:
+                    time.sleep(0.2)
+            loop.save_atomic = save_then_hold
+        return executors.TrainPart()(params, lr, parts_dir, threads, seed)
+
+executors.TrainPart = HeldTrainPart
+sweep.main(sys.argv[1:])
 """
 DEADLINE_S = 900  # generous: a busy 2-core machine; only a failing test waits this long
 
@@ -64,11 +88,6 @@ def _sweep(*args, **kw):
     with contextlib.redirect_stdout(out):
         paths = sweep.run_profile(*args, **kw)
     return paths, out.getvalue()
-
-
-def _checkpoint(parts_dir: Path, lr: float) -> Path:
-    """The checkpoint file of an lr (nc.runs.checkpoint_path, where nc.runs has it)."""
-    return runs.checkpoint_path(parts_dir, lr) if hasattr(runs, "checkpoint_path") else parts_dir / f"lr-{lr:.6g}.ckpt"
 
 
 def _mtimes(folder: Path) -> dict:
@@ -107,7 +126,7 @@ def swept(tmp_path_factory):
         # 1. a job killed with SIGKILL after its first checkpoint
         p = params.load(profile / f"{KILLED_CELL}.yaml")
         _, parts_dir = runs.paths(p, cubes)
-        ckpt = _checkpoint(parts_dir, KILLED_LR)
+        ckpt = runs.checkpoint_path(parts_dir, KILLED_LR)
         proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(profile / f"{KILLED_CELL}.yaml"),
                                  str(KILLED_LR), str(parts_dir)], cwd=ROOT)
         deadline = time.monotonic() + DEADLINE_S
@@ -454,3 +473,176 @@ def test_a_sigkilled_drivers_local_jobs_die_with_it(long_sweep):
     while _processes_mentioning(long_sweep["logs"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _processes_mentioning(long_sweep["logs"]) == [], "job processes outlived the SIGKILLed driver"
+
+
+STOP_CELLS = ("demo-vgg11", "demo-vgg13")  # one lr each; with one job at a time, vgg11's part is done before vgg13's
+HELD_CELL = "demo-vgg13"
+
+
+def _epochs_in_checkpoint(path: Path) -> int:
+    with contextlib.suppress(OSError, RuntimeError, EOFError, KeyError):  # not there yet
+        return int(torch.load(path, weights_only=False)["record"]["epochs_done"])
+    return 0
+
+
+def _tamper_wall_time(path: Path) -> None:
+    """Set a checkpoint's wall time to TAMPERED_WALL_TIME: only a run resumed from it carries it on."""
+    state = torch.load(path, weights_only=False)
+    state["record"]["wall_time"] = TAMPERED_WALL_TIME
+    torch.save(state, path)
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+    """A profile of two cells, one job at a time, the second cell's job holding after each checkpoint (HOLD_SCRIPT):
+    1. the driver is sent SIGTERM once the first cell's part is finished and the second's job has a checkpoint;
+    2. its cube deleted, the same command with --deadline (90 s: it stops 15 s in), the second cell held again;
+    3. the same command with nothing held: the second cell resumes and finishes. And both cells run serially."""
+    tmp = tmp_path_factory.mktemp("stopped")
+    profile, cubes = tmp / "two", tmp / "cubes"
+    profile.mkdir()
+    (profile / "_defaults.yaml").write_text(yaml.safe_dump(TINY | {"lrs": [0.05]}))
+    (profile / "_executor.yaml").write_text(yaml.safe_dump({"local": {"parallel": 1, "threads": 1}}))
+    for name in STOP_CELLS:
+        (profile / f"{name}.yaml").write_text(f"network: {name.split('-')[1]}\n")
+    cells = {n: params.load(profile / f"{n}.yaml") for n in STOP_CELLS}
+    parts = {n: runs.paths(p, cubes)[1] for n, p in cells.items()}
+    held_ckpt = runs.checkpoint_path(parts[HELD_CELL], 0.05)
+    run = {"cubes": cubes, "cells": cells, "parts": parts, "held_ckpt": held_ckpt}
+    command = [sys.executable, "-c", HOLD_SCRIPT, str(profile), "--cube-dir", str(cubes)]
+    env = {**os.environ, "NC_TEST_HOLD_CELL": HELD_CELL}
+
+    def driver(*args, log):
+        with open(log, "wb") as out:
+            return subprocess.Popen([*command, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    preexec_fn=jobs.default_stop_signals)
+
+    # 1. SIGTERM
+    log = tmp / "sigterm.log"
+    proc = driver(log=log)
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while _epochs_in_checkpoint(held_ckpt) < 1 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        run["first_done_before_stop"] = runs.part_finished(cells["demo-vgg11"], 0.05, parts["demo-vgg11"])
+        proc.send_signal(signal.SIGTERM)
+        run["sigterm_status"] = proc.wait(timeout=2 * jobs.STOP_WAIT_S + DEADLINE_S)
+    finally:
+        proc.kill()
+    run["sigterm_out"] = log.read_text()
+    run["sigterm_left"] = _processes_mentioning(str(cubes / "logs"))
+    run["sigterm_cube"] = cube.open_cube(cubes / "demo-vgg11.nc") if (cubes / "demo-vgg11.nc").is_file() else None
+    # 2. --deadline, with the first cell's cube gone (its part is finished)
+    (cubes / "demo-vgg11.nc").unlink(missing_ok=True)
+    log = tmp / "deadline.log"
+    given = time.time()
+    proc = driver("--deadline", f"{jobs.STOP_MARGIN_S + 15:g}", log=log)
+    try:
+        run["deadline_status"] = proc.wait(timeout=2 * jobs.STOP_WAIT_S + DEADLINE_S)
+    finally:
+        proc.kill()
+    run["deadline_given"], run["deadline_exited"] = given + jobs.STOP_MARGIN_S + 15, time.time()
+    run["deadline_out"] = log.read_text()
+    run["deadline_left"] = _processes_mentioning(str(cubes / "logs"))
+    run["deadline_cube"] = cube.open_cube(cubes / "demo-vgg11.nc") if (cubes / "demo-vgg11.nc").is_file() else None
+    # 3. the re-run, nothing held: the held cell resumes from its checkpoint
+    run["resumed_from"] = _epochs_in_checkpoint(held_ckpt)
+    if run["resumed_from"]:
+        _tamper_wall_time(held_ckpt)
+    run["paths"], run["rerun_out"] = _sweep(profile, cubes, poll_s=0.1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run["serial"] = {n: cube.open_cube(runs.run(p, tmp / "serial", progress=False)) for n, p in cells.items()}
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="needs Linux /proc")
+def test_a_stopped_sweep_merges_its_complete_cells_and_says_which_will_resume(stopped):
+    out = stopped["sigterm_out"]
+    assert stopped["first_done_before_stop"], out
+    assert stopped["sigterm_status"] != 0 and stopped["sigterm_left"] == [], out
+    assert "stopping 1 job(s) before exiting" in out and "1 job(s) stopped" in out, out
+    assert "stopped by SIGTERM" in out, out
+    assert "complete (1 cell(s), cube current): demo-vgg11" in out, out
+    assert "will resume (1 cell(s); run the same command again): demo-vgg13 (0 of 1 parts finished)" in out, out
+    assert out.index("1 job(s) stopped") < out.index("cube: ") < out.index("will resume")  # jobs gone, then merged
+    assert stopped["sigterm_cube"] is not None, out
+    _assert_same_cube(stopped["sigterm_cube"], stopped["serial"]["demo-vgg11"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="needs Linux /proc")
+def test_a_sweep_at_its_deadline_stops_merges_and_exits_before_it(stopped):
+    out = stopped["deadline_out"]
+    assert stopped["deadline_status"] != 0 and stopped["deadline_left"] == [], out
+    assert "1 part(s) finished, 1 job(s) to run" in out, out  # the first cell's part, the held cell's job
+    assert "stopped at its --deadline" in out and "deadline: stopped at" in out, out
+    assert "complete (1 cell(s), cube current): demo-vgg11" in out, out
+    assert "will resume (1 cell(s); run the same command again): demo-vgg13 (0 of 1 parts finished)" in out, out
+    assert stopped["deadline_exited"] < stopped["deadline_given"], out  # gone by its deadline (75 s of margin)
+    assert stopped["deadline_cube"] is not None, out
+    _assert_same_cube(stopped["deadline_cube"], stopped["serial"]["demo-vgg11"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="needs Linux /proc")
+def test_a_stopped_sweeps_unfinished_cell_resumes_on_a_rerun(stopped):
+    assert stopped["resumed_from"] >= 1  # the held job's checkpoint outlived both stops
+    assert "1 cube(s) current, 0 cell(s) missing, 0 part(s) finished, 1 job(s) to run" in stopped["rerun_out"]
+    assert stopped["paths"] == [stopped["cubes"] / f"{n}.nc" for n in STOP_CELLS]
+    got = cube.open_cube(stopped["cubes"] / f"{HELD_CELL}.nc")
+    assert got["wall_time"].item() >= TAMPERED_WALL_TIME  # carried on from the stopped job's checkpoint
+    _assert_same_cube(got, stopped["serial"][HELD_CELL])
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 90.0), ("0.5", 0.5)])
+def test_deadline_in_seconds_counts_from_now(text, seconds):
+    assert jobs.parse_deadline(text, now=1000.0) == 1000.0 + seconds
+
+
+def test_deadline_as_a_time_of_day_is_the_next_such_moment():
+    import datetime
+
+    now = datetime.datetime(2026, 3, 1, 22, 0, 0).timestamp()
+    assert jobs.parse_deadline("23:30", now) == datetime.datetime(2026, 3, 1, 23, 30).timestamp()
+    assert jobs.parse_deadline("06:00:05", now) == datetime.datetime(2026, 3, 2, 6, 0, 5).timestamp()  # tomorrow
+    for bad in ("-5", "0", "25:00", "soon", "inf"):
+        with pytest.raises(ValueError, match=f"--deadline must be .* got '{bad}'"):
+            jobs.parse_deadline(bad, now)
+    with pytest.raises(SystemExit):  # argparse: a usage error naming the value, before anything runs
+        sweep.main([str(ROOT / "parameters" / "demo"), "--deadline", "soon"])
+
+
+def test_the_parameters_module_names_a_cells_runs_and_their_data(tmp_path):
+    """One owner (nc.runs.params) for the cell name, the run label, the (lr, seed) jobs and nc.data.load's
+    arguments; the sweep's Job and probe, the cell's paths and the missing marker use them."""
+    import inspect
+
+    from nc import data
+
+    p = params.validate(TINY | {"network": "vgg11", "seeds": [0, 2], "imbalance_ratio": 10, "standardize": "pixel"})
+    assert params.cell_name(p) == "demo-vgg11" and params.cell_name(p | {"name": "demo-vgg11-mse"}) == "demo-vgg11-mse"
+    assert params.jobs(p) == [(0.02, 0), (0.02, 2), (0.05, 0), (0.05, 2)]
+    assert params.run_label(p, 0.05, 2) == "demo-vgg11 lr=0.05 seed=2"
+    one = p | {"seeds": [0]}
+    assert params.run_label(one, 0.05) == "demo-vgg11 lr=0.05" and params.run_label(one | {"seeds": [3]}, 0.05) == \
+        "demo-vgg11 lr=0.05 seed=3"
+    assert sweep.Job(p, 0.02, tmp_path, 2).label == params.run_label(p, 0.02, 2)
+    arguments = params.data_arguments(p)
+    load = inspect.signature(data.load).parameters
+    assert set(arguments) == set(load) - {"device", "download"}  # every data argument, each from its key
+    assert (arguments["standardize_by"], arguments["imbalance_ratio"]) == ("pixel", 10)
+    assert runs.paths(p, tmp_path) == (tmp_path / "demo-vgg11.nc", tmp_path / "parts" / "demo-vgg11")
+    assert cube.missing_path(tmp_path, p) == tmp_path / "demo-vgg11.missing.json"
+
+
+def test_the_probe_loads_the_data_as_the_run_does(monkeypatch):
+    """dataset_missing passes every data argument (standardisation, imbalance) but one image per class."""
+    from nc import data
+
+    seen = {}
+    monkeypatch.setattr(data, "load", lambda **kw: seen.update(kw))
+    p = params.validate(TINY | {"network": "vgg11", "imbalance_ratio": 4, "standardize": "pixel"})
+    assert sweep.dataset_missing(p) is None
+    assert seen == params.data_arguments(p) | {"n_per_class": 1, "test_n_per_class": 1, "device": "cpu"}

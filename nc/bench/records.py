@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import re
+import time
 
 import torch
 
@@ -50,21 +51,34 @@ def jsonable(obj):
 
 class Records(list):
     """A run's records. Every record has FIELDS; a ratio record also `ratio_of`, `numerator` and `denominator`
-    ({label, value, unit}); a skipped or failed case has value None and the reason as its note."""
+    ({label, value, unit}); a skipped or failed case has value None and the reason as its note.
+
+    on_record(records) is called after every record (the suites write their files there, so that a kill loses no
+    finished number); budget_s: cases that check `out_of_time` after that many seconds are recorded as skipped."""
     FIELDS = ("what", "network", "width", "image_size", "setting", "value", "unit", "note", "device", "torch",
               "threads", "load_1min")
 
-    def __init__(self, device, log=print):
+    def __init__(self, device, log=print, on_record=None, budget_s: float | None = None):
         super().__init__()
         self.base = {"device": device_name(torch.device(device)), "torch": torch.__version__,
                      "threads": torch.get_num_threads()}
-        self.log = log
+        self.log, self.on_record, self.budget_s = log, on_record, budget_s
+        self.deadline = None if budget_s is None else time.perf_counter() + budget_s
+
+    def out_of_time(self, what, unit, setting, **where) -> bool:
+        """True, with a skipped record, once the budget is spent (a case not started within it); else False."""
+        if self.deadline is None or time.perf_counter() < self.deadline:
+            return False
+        self.skipped(what, unit, setting, f"skipped: not started within the --budget of {self.budget_s:g} s", **where)
+        return True
 
     def value(self, what, value, unit, setting, network=None, width=None, image_size=None, note="", **extra):
         rec = {"what": what, "network": network, "width": width, "image_size": image_size, "setting": setting,
                "value": None if value is None else float(value), "unit": unit, "note": note, **self.base,
                "load_1min": os.getloadavg()[0], **jsonable(extra)}
         self.append(rec)
+        if self.on_record is not None:
+            self.on_record(self)
         self.log(f"  -> {what}: {note}" if value is None else f"  -> {what}: {value:.4g} {unit}")
         return rec
 
@@ -87,8 +101,7 @@ def cell_params(cell: str, overrides: dict) -> dict:
 
 def demo_data(params: dict, device, cache: dict):
     """The run's dataset as nc.runs loads it, once per distinct set of data keys."""
-    key = tuple(params[k] for k in ("dataset", "n_per_class", "test_n_per_class", "image_size", "standardize",
-                                    "seed", "class_counts", "imbalance_ratio"))
+    key = repr(sorted(params_mod.data_arguments(params).items()))
     if key not in cache:
         cache[key] = runs.load_data(params, device)
     return cache[key]
@@ -100,6 +113,8 @@ def metric_records(rec: Records, cfg: dict, device, log=print) -> None:
     for n, p, C in cfg["metric_cases"]:
         max_s = cfg["authors_max_s"][C] if isinstance(cfg["authors_max_s"], dict) else cfg["authors_max_s"]
         setting = f"N={n} p={p} C={C}: float32 features (random class means + noise), batches of {bs}"
+        if rec.out_of_time("metric_time", "x", setting):
+            continue
         log(f"[bench] metric time, {setting}")
         r = cases.metric_time(n, p, C, bs, cfg["authors_probe_n"], max_s, device, cfg["repeats"][kind], log)
         m = r["authors_n"]

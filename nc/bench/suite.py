@@ -15,10 +15,13 @@ run (on a shared machine only ratios within one run mean something). Cases and b
 5. `--gpu` (CUDA only): nc.bench.gpu (paper networks' images/s per precision, packed processes, accumulator at
    C=1000, bf16 vs float32 curves), written to bench-<gpu name>.json / .md.
 
-Writes <out>/bench-<device type>.json (a list of records) and .md (a table), and prints the table. A ratio record
+Writes <out>/bench-<device type>.json (a list of records) and .md (a table), both rewritten atomically after every
+record (a kill loses no finished number), and prints the table. `--budget SECONDS`: no case starts after that
+(both suites); the cases left are recorded as skipped. `--device cuda` without `--gpu` says in one line that it
+runs the CPU suite's cases on the GPU and how to get the GPU suite. A ratio record
 has value = numerator / denominator (unit "x"), `ratio_of`, and both measured numbers with their units.
 
-    python -m nc.bench [--quick] [--gpu] [--out DIR] [--device auto|cpu|cuda[:N]] [--threads N]
+    python -m nc.bench [--quick] [--gpu] [--out DIR] [--device auto|cpu|cuda[:N]] [--threads N] [--budget S]
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from nc import paths, train
+from nc import files, paths, train
 from nc.bench import cases
 from nc.bench.records import DEMO, Records, cell_params, demo_data, device_name, jsonable, metric_records, slug  # noqa: F401
 
@@ -62,6 +65,10 @@ def network_records(rec: Records, cfg: dict, device, log=print) -> None:
     kind, cache = torch.device(device).type, {}
     for cell in cfg["cells"]:
         params = cell_params(cell, cfg["overrides"])
+        where = dict(network=params["network"], width=params["width"], image_size=params["image_size"])
+        if any([rec.out_of_time(what, "x", f"{cell} demo digits", **where)
+                for what in ("train_throughput", "tpt_cost", "snapshot_cost", "layer_cost")]):
+            continue
         data = demo_data(params, device, cache)
         net, width, size, bs = params["network"], params["width"], data.image_size, params["batch_size"]
         where = dict(network=net, width=width, image_size=size)
@@ -94,11 +101,12 @@ def network_records(rec: Records, cfg: dict, device, log=print) -> None:
                       note="made at up to 3 epochs of a run (first snapshot, TPT start, last snapshot)")
 
 
-def run(quick: bool = False, device=None, log=print) -> Records:
-    """Every measurement of the CPU/default configuration on `device` (default: as nc.train picks)."""
+def run(quick: bool = False, device=None, log=print, rec: Records | None = None) -> Records:
+    """Every measurement of the CPU/default configuration on `device` (default: as nc.train picks) into `rec`
+    (default: new Records; give one with on_record / budget_s to write as it goes or to bound the time)."""
     cfg = QUICK if quick else FULL
     device = train.pick_device("auto") if device is None else torch.device(device)
-    rec = Records(device, log)
+    rec = Records(device, log) if rec is None else rec
     metric_records(rec, cfg, device, log)
     network_records(rec, cfg, device, log)
     rec.skipped("bf16_check", "1", "bf16 vs float32 training curves (every snapshot metric)",
@@ -129,13 +137,18 @@ def table(records: list[dict]) -> str:
 
 
 def write(records: list[dict], out_dir, stem: str) -> tuple[Path, Path]:
-    """<out_dir>/<stem>.json and <stem>.md."""
+    """<out_dir>/<stem>.json and <stem>.md, each atomically (nc.files): a kill at any moment leaves the last
+    complete pair, never half a file."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(jsonable(list(records)), indent=1) + "\n")
-    md_path.write_text(table(records))
+    files.write_text(json_path, json.dumps(jsonable(list(records)), indent=1) + "\n")
+    files.write_text(md_path, table(records))
     return json_path, md_path
+
+
+GPU_SUITE_LINE = ("nc.bench: this is the CPU suite's cases run on {device} (our loop vs a DataLoader, the passes / an "
+                  "epoch); the GPU suite (paper networks' images/s per precision, packing, bf16 vs float32, syncs) is "
+                  "`python -m nc.bench --gpu` (`nox -s bench -- --gpu`)")
 
 
 def main(argv=None) -> None:
@@ -145,6 +158,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(ROOT / "bench"), help="output folder (default: bench/ in the repo)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu or cuda[:N]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                        help="start no case after this many seconds (those left are recorded as skipped); the GPU "
+                             "suite's default is its own (FULL: 420 s)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -156,15 +172,20 @@ def main(argv=None) -> None:
                              "measured. On a CPU run `python -m nc.bench` (or `nox -s bench`) instead.")
         from nc.bench import gpu as bench_gpu
         device = train.pick_device("cuda" if args.device == "auto" else args.device)
-        records = bench_gpu.run(bench_gpu.QUICK if args.quick else bench_gpu.FULL, device, Records(device))
+        cfg = bench_gpu.QUICK if args.quick else bench_gpu.FULL
+        cfg = cfg if args.budget is None else {**cfg, "budget_s": args.budget}
         stem = "bench-" + slug(torch.cuda.get_device_name(device))
     else:
         device = train.pick_device(args.device)
-        records = run(args.quick, device)
         stem = f"bench-{device.type}"
+        if device.type == "cuda":
+            print(GPU_SUITE_LINE.format(device=torch.cuda.get_device_name(device)), flush=True)
+    rec = Records(device, on_record=lambda records: write(records, args.out, stem),
+                  budget_s=None if args.gpu else args.budget)
+    records = bench_gpu.run(cfg, device, rec) if args.gpu else run(args.quick, device, rec=rec)
     json_path, md_path = write(records, args.out, stem)
     print("\n" + table(records))
-    print(f"wrote {json_path} and {md_path} in {time.perf_counter() - t0:.0f} s")
+    print(f"wrote {json_path} and {md_path} (rewritten after every record) in {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

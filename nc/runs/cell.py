@@ -31,14 +31,8 @@ def run_key(params: dict) -> str:
 
 
 def load_data(params: dict, device=None):
-    """The dataset of `params` on its device (nc.data.load with the file's data keys)."""
-    return data_mod.load(params["dataset"], n_per_class=params["n_per_class"],
-                         test_n_per_class=params["test_n_per_class"], image_size=params["image_size"],
-                         device=device or train.pick_device(params["device"]), seed=params["seed"],
-                         root=params["data_root"], npz_dir=params["npz_dir"], npz_file=params["npz_file"],
-                         source=params["data_source"], standardize_by=params["standardize"],
-                         class_counts=params["class_counts"], imbalance_ratio=params["imbalance_ratio"],
-                         store_dir=params["store_dir"])
+    """The dataset of `params` on its device (nc.data.load with the file's data keys: params.data_arguments)."""
+    return data_mod.load(**params_mod.data_arguments(params), device=device or train.pick_device(params["device"]))
 
 
 def check_feature_dim(params: dict, num_classes: int, in_channels: int, image_size: int) -> int:
@@ -65,10 +59,10 @@ def data_info(dataset, device) -> dict:
 
 
 def paths(params: dict, cube_dir) -> tuple[Path, Path]:
-    """cubes/<profile>/<name>.nc, name the parameter file's stem (`<dataset>-<network>` in the paper's grid
-    profiles, e.g. `demo-vgg11-mse` in the follow-ups), and the folder of its per-lr parts and checkpoints."""
+    """cubes/<profile>/<cell>.nc (the cell's name: nc.runs.params.cell_name) and the folder of its per-lr parts and
+    checkpoints."""
     cube_dir = Path(cube_dir)
-    name = params.get("name") or f"{params['dataset']}-{params['network']}"
+    name = params_mod.cell_name(params)
     return cube_dir / f"{name}.nc", cube_dir / "parts" / name
 
 
@@ -131,7 +125,7 @@ def merge_and_write(params: dict, cube_path: Path, parts_dir: Path, keep_checkpo
     """Merge the finished parts of every (lr, run seed) into the validated cube (atomically); then, unless
     keep_checkpoints, delete each part's checkpoint (final weights and optimizer state), which nothing reads any
     more. The parts' progress files (a running job's status) go in any case."""
-    jobs = [(lr, seed) for lr in params["lrs"] for seed in params_mod.run_seeds(params)]
+    jobs = params_mod.jobs(params)
     ds = cube.merge([cube.open_cube(part_path(parts_dir, lr, seed)) for lr, seed in jobs])
     ds.attrs.update(parameters=params_mod.to_yaml(params), parameter_hash=params_mod.digest(params))  # with seeds
     cube.write(cube.validate(ds), cube_path)
@@ -153,9 +147,8 @@ def run(params: dict, cube_dir, progress: bool = True, force: bool = False, keep
         return path
     device = train.pick_device(params["device"])
     dataset = load_data(params, device)
-    for lr in params["lrs"]:
-        for seed in params_mod.run_seeds(params):
-            run_part(params, lr, parts_dir, dataset, progress, seed=seed)
+    for lr, seed in params_mod.jobs(params):
+        run_part(params, lr, parts_dir, dataset, progress, seed=seed)
     if ddp.is_main():  # DDP: rank 0 writes the cube
         merge_and_write(params, path, parts_dir, keep_checkpoints)
     ddp.barrier()

@@ -330,7 +330,7 @@ def seeds_at_selected_lr(ds: xr.Dataset, variables) -> xr.Dataset:
 
 def missing_path(directory, params: dict) -> Path:
     """<directory>/<name>.missing.json: the cell was not run because its data is unavailable."""
-    return Path(directory) / f"{params.get('name') or params['dataset'] + '-' + params['network']}.missing.json"
+    return Path(directory) / f"{params_mod.cell_name(params)}.missing.json"
 
 
 def write_missing(directory, params: dict, message: str) -> Path:

@@ -178,7 +178,10 @@ def poll(running: dict, outcomes: dict, report, status, waiting: int, poll_s: fl
     return finished
 
 
-def run_local(todo: list, folder: Path, settings: dict, report, poll_s: float) -> dict:
+def run_local(todo: list, folder: Path, settings: dict, report, poll_s: float, stop_at: float | None = None) -> dict:
+    """Run the jobs as local processes, at most `parallel` at once; {id(job): outcome}. From `stop_at` (a POSIX
+    time; None: never) it starts no job and raises nc.runs.jobs.DeadlineReached; interrupted in any way, it stops
+    the running jobs before the exception leaves."""
     import torch
 
     cores, gpus = usable_cores(), torch.cuda.device_count()
@@ -192,6 +195,7 @@ def run_local(todo: list, folder: Path, settings: dict, report, poll_s: float) -
     status = status_printer(len(todo))
     try:
         while pending or running:
+            jobs.check_deadline(stop_at)
             while pending and len(running) < at_once:
                 job = pending.pop(0)
                 gpu = min(range(gpus), key=per_gpu.__getitem__) if gpus else None
@@ -277,9 +281,11 @@ def recorded_slurm_jobs(todo: list) -> tuple[list, dict]:
     return submit, adopted
 
 
-def run_slurm(todo: list, folder: Path, settings: dict, report, poll_s: float) -> dict:
+def run_slurm(todo: list, folder: Path, settings: dict, report, poll_s: float, stop_at: float | None = None) -> dict:
     """Submit the jobs (those of a live record are waited for instead), then wait: a finished job's result file
-    is seen within a second, the others' states are read from sacct every poll_s."""
+    is seen within a second, the others' states are read from sacct every poll_s. From `stop_at` (a POSIX time;
+    None: never) it submits nothing more and raises nc.runs.jobs.DeadlineReached; interrupted in any way, it
+    stops (scancel) the jobs before the exception leaves."""
     submit, running = recorded_slurm_jobs(todo)
     groups: dict[tuple, list] = {}
     for job in submit:
@@ -287,6 +293,7 @@ def run_slurm(todo: list, folder: Path, settings: dict, report, poll_s: float) -
         groups.setdefault(tuple(sorted(s.items())), []).append(job)
     try:
         for key, group in groups.items():
+            jobs.check_deadline(stop_at)
             s = dict(key)
             executor = slurm_executor(folder, s)
             with jobs.held_stop_signals():
@@ -301,6 +308,7 @@ def run_slurm(todo: list, folder: Path, settings: dict, report, poll_s: float) -
                   f"{s['time_min']} min, {s['array_parallelism']} at once", flush=True)
         outcomes, status, checked = {}, status_printer(len(todo)), float("-inf")
         while running:
+            jobs.check_deadline(stop_at)
             if time.monotonic() - checked >= poll_s:
                 submitit.SlurmJob.watcher.update()  # one sacct call for every job
                 checked = time.monotonic()

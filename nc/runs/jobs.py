@@ -27,7 +27,42 @@ from nc import files, runs
 from nc.runs import params as params_mod
 
 STOP_WAIT_S = 30.0  # a stopped driver waits this long for its cancelled jobs to go before it SIGKILLs them
+STOP_MARGIN_S = 2 * STOP_WAIT_S + 15.0  # --deadline: the driver begins to stop this long before it (two waits, merge)
 RECORD_SUFFIX = ".job.json"
+
+
+class DeadlineReached(RuntimeError):
+    """The sweep's --deadline less STOP_MARGIN_S has come: the driver starts no more jobs and stops the running ones."""
+
+
+def parse_deadline(text: str, now: float | None = None) -> float:
+    """--deadline as a POSIX time: seconds from `now` ('3600', '90.5') or a time of day, local time ('23:30',
+    '06:00:05': the next such moment, tomorrow if it has passed today). ValueError naming the value otherwise."""
+    now = time.time() if now is None else now
+    bad = f"--deadline must be a positive number of seconds or a time of day HH:MM[:SS], got {text!r}"
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = None
+    if seconds is not None:
+        if not 0 < seconds < float("inf"):
+            raise ValueError(bad)
+        return now + seconds
+    try:
+        clock = datetime.datetime.strptime(text, "%H:%M:%S" if text.count(":") == 2 else "%H:%M").time()
+    except ValueError:
+        raise ValueError(bad) from None
+    at = datetime.datetime.combine(datetime.datetime.fromtimestamp(now).date(), clock)
+    if at.timestamp() <= now:
+        at += datetime.timedelta(days=1)
+    return at.timestamp()
+
+
+def check_deadline(stop_at: float | None) -> None:
+    """DeadlineReached once time.time() has reached `stop_at` (None: no deadline)."""
+    if stop_at is not None and time.time() >= stop_at:
+        at = time.strftime("%H:%M:%S", time.localtime(stop_at))
+        raise DeadlineReached(f"deadline: stopped at {at}, {STOP_MARGIN_S:g} s before --deadline")
 
 
 def record_path(job) -> Path:
@@ -41,8 +76,9 @@ def write_record(job, job_id: str, executor: str, folder) -> Path:
     submit time (UTC), parameter hash, cell, lr and the submitit folder (a Slurm job is rebuilt from id and folder)."""
     path = record_path(job)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"job_id": str(job_id), "executor": executor, "cell": job.params["name"], "lr": job.lr, "seed": job.seed,
-              "parameter_hash": params_mod.run_digest(job.params), "folder": str(Path(folder).resolve()),
+    record = {"job_id": str(job_id), "executor": executor, "cell": params_mod.cell_name(job.params), "lr": job.lr,
+              "seed": job.seed, "parameter_hash": params_mod.run_digest(job.params),
+              "folder": str(Path(folder).resolve()),
               "submitted": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     return files.write_json(path, record)
 

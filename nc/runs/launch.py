@@ -22,6 +22,8 @@ def main(argv=None) -> None:
     ap.add_argument("--cube-dir", default=None, help="default: cubes/<profile> in the repository")
     args = ap.parse_args(argv)
     p = params_mod.load(args.parameter_file)
+    if set(args.lr or ()) - set(p["lrs"]):
+        ap.error(f"--lr {min(set(args.lr) - set(p['lrs'])):g} is not an lr of {args.parameter_file} ({p['lrs']})")
     cube_dir = Path(args.cube_dir) if args.cube_dir else paths.cube_dir(p["profile"])
     ddp.setup(p["device"])
     try:
@@ -29,10 +31,10 @@ def main(argv=None) -> None:
         dataset = runs.load_data(p) if ddp.is_main() else None  # rank 0 first: a download happens once
         ddp.barrier()
         dataset = runs.load_data(p) if dataset is None else dataset
-        for lr in args.lr or p["lrs"]:
-            for seed in params_mod.run_seeds(p):
+        jobs = params_mod.jobs(p)
+        for lr, seed in jobs:
+            if not args.lr or lr in args.lr:
                 runs.run_part(p, lr, parts_dir, dataset, progress=True, seed=seed)
-        jobs = [(lr, seed) for lr in p["lrs"] for seed in params_mod.run_seeds(p)]
         if ddp.is_main() and all(runs.part_finished(p, lr, parts_dir, seed) for lr, seed in jobs):
             print(f"cube: {runs.merge_and_write(p, cube_path, parts_dir)}", flush=True)
         ddp.barrier()

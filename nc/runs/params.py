@@ -216,6 +216,35 @@ def run_seeds(params: dict) -> list[int]:
     return list(params["seeds"])
 
 
+def cell_name(params: dict) -> str:
+    """The cell's name: the parameter file's stem (`<dataset>-<network>` in the paper's grid profiles, e.g.
+    `demo-vgg11-mse` in the follow-ups), or `<dataset>-<network>` for parameters that did not come from a file."""
+    return params.get("name") or f"{params['dataset']}-{params['network']}"
+
+
+def run_label(params: dict, lr: float, seed: int | None = None) -> str:
+    """What a person reads for one run (progress bars, the sweep's lines): `<cell> lr=<lr>`, with ` seed=<s>` when
+    the cell has several run seeds or this one is not the only seed 0."""
+    seeds = run_seeds(params)
+    seed = seeds[0] if seed is None else seed
+    return f"{cell_name(params)} lr={lr:g}" + (f" seed={seed}" if len(seeds) > 1 or seed else "")
+
+
+def jobs(params: dict) -> list[tuple[float, int]]:
+    """The (lr, run seed) runs of a cell, lr-major in the file's order: one part file and one sweep job each."""
+    return [(lr, seed) for lr in params["lrs"] for seed in run_seeds(params)]
+
+
+def data_arguments(params: dict) -> dict:
+    """The keyword arguments of nc.data.load for a cell's data (all but `device`)."""
+    return {"name": params["dataset"], "n_per_class": params["n_per_class"],
+            "test_n_per_class": params["test_n_per_class"], "image_size": params["image_size"],
+            "seed": params["seed"], "root": params["data_root"], "npz_dir": params["npz_dir"],
+            "npz_file": params["npz_file"], "source": params["data_source"], "standardize_by": params["standardize"],
+            "class_counts": params["class_counts"], "imbalance_ratio": params["imbalance_ratio"],
+            "store_dir": params["store_dir"]}
+
+
 def with_seeds(params: dict, n: int | None) -> dict:
     """The parameters with run seeds 0..n-1 (`--seeds n` on the command line); unchanged for None or 0."""
     if not n:

@@ -10,12 +10,16 @@ cell whose cube is current (same parameters and cube format, complete) is left a
 The executors (local processes, or Slurm through submitit) and their settings in `parameters/<profile>/
 _executor.yaml` are nc.runs.executors'; the job records beside the parts and stopping the jobs are nc.runs.jobs'.
 Stopping the
-driver (Ctrl-C, SIGINT, SIGTERM) stops its jobs before it exits; running the same command again resumes them. A
+driver (Ctrl-C, SIGINT, SIGTERM, or `--deadline`) stops its jobs, merges every cell whose parts are all finished
+into its cube, says which cells are complete and which will resume, and only then exits, non-zero; running the
+same command again resumes the others. `--deadline SECONDS|HH:MM[:SS]` (seconds from now or a time of day) starts
+no job after, and stops, nc.runs.jobs.STOP_MARGIN_S before it, so that the driver is gone by then. A
 cell whose dataset is unavailable (nc.data.DatasetUnavailable) is reported in one line and skipped, never replaced;
 `<cube_dir>/<cell>.missing.json` holds the message for the book. Job logs go to `<cube_dir>/logs/`.
 
     python -m nc.sweep parameters/quick [--executor local|slurm] [--cube-dir DIR] [--partition P] [--gpus N]
-                       [--time MIN] [--parallel N] [--only CELL ...] [--keep-checkpoints]
+                       [--time MIN] [--parallel N] [--only CELL ...] [--seeds N] [--deadline SECONDS|HH:MM]
+                       [--keep-checkpoints]
     python -m nc.sweep parameters/paper --plan [--gpu A100|H100|...]    # what it would cost; trains nothing
 """
 from __future__ import annotations
@@ -44,8 +48,7 @@ class Job:
 
     @property
     def label(self) -> str:
-        several = len(params_mod.run_seeds(self.params)) > 1
-        return f"{self.params['name']} lr={self.lr:g}" + (f" seed={self.seed}" if several or self.seed else "")
+        return params_mod.run_label(self.params, self.lr, self.seed)
 
 
 def dataset_missing(params: dict) -> str | None:
@@ -55,12 +58,11 @@ def dataset_missing(params: dict) -> str | None:
     the same time); a prepared store is only opened."""
     from nc import data
 
-    store = params["data_source"] == "store"
+    arguments = params_mod.data_arguments(params)
+    if params["data_source"] != "store":
+        arguments |= {"n_per_class": 1, "test_n_per_class": 1}
     try:
-        data.load(params["dataset"], n_per_class=params["n_per_class"] if store else 1,
-                  test_n_per_class=params["test_n_per_class"] if store else 1, image_size=params["image_size"],
-                  device="cpu", seed=params["seed"], root=params["data_root"], npz_dir=params["npz_dir"],
-                  npz_file=params["npz_file"], source=params["data_source"], store_dir=params["store_dir"])
+        data.load(**arguments, device="cpu")
     except data.DatasetUnavailable as err:
         return str(err)
     return None
@@ -83,10 +85,134 @@ def _progress(total: int):
     return report
 
 
+@dataclass
+class Plan:
+    """What a sweep found before it ran anything: cubes already current, cells to merge (in file order), jobs to
+    run, cells without data, parts already finished."""
+    current: list
+    to_merge: list
+    todo: list
+    missing: dict
+    finished_parts: int
+
+
+def _read_cells(profile_dir: Path, cube_dir: Path, only, seeds) -> list[dict]:
+    """The selected parameter files, loaded (a bad file stops here); ValueError if two of them write one cube."""
+    files = params_mod.profile_files(profile_dir)
+    if not files:
+        raise ValueError(f"{profile_dir} has no parameter files")
+    cells = [params_mod.with_seeds(params_mod.load(f), seeds) for f in params_mod.select(files, only)]
+    seen = {}
+    for p in cells:
+        cube_path, _ = runs.paths(p, cube_dir)
+        if cube_path in seen:
+            raise ValueError(f"{seen[cube_path]}.yaml and {p['name']}.yaml both write {cube_path}")
+        seen[cube_path] = p["name"]
+    return cells
+
+
+def _plan(cells: list[dict], cube_dir: Path, plan: Plan) -> Plan:
+    """Fill `plan` cell by cell (so that a stop halfway leaves what was found): current cubes are left alone, a
+    cell whose dataset is unavailable gets its marker, the others' unfinished (lr, seed) parts become jobs."""
+    probed = {}
+    for p in cells:
+        cube_path, parts_dir = runs.paths(p, cube_dir)
+        if runs.is_current(cube_path, p):
+            plan.current.append(cube_path)
+            cube.missing_path(cube_dir, p).unlink(missing_ok=True)
+            continue
+        every = [Job(p, lr, parts_dir, seed) for lr, seed in params_mod.jobs(p)]
+        todo = [j for j in every if not runs.part_finished(p, j.lr, parts_dir, j.seed)]
+        plan.finished_parts += len(every) - len(todo)
+        if todo:
+            source = (p["dataset"], p["npz_dir"], p["npz_file"], p["data_root"], p["image_size"])
+            if source not in probed:
+                probed[source] = dataset_missing(p)
+            if probed[source] is not None:
+                plan.missing[p["name"]] = p
+                cube.write_missing(cube_dir, p, probed[source])
+                print(f"missing: {p['name']}: {probed[source]}", flush=True)
+                continue
+        plan.to_merge.append(p)
+        plan.todo += todo
+    return plan
+
+
+def _run_jobs(todo: list, executor: str, config: dict, cube_dir: Path, options: dict, parallel, poll_s,
+              stop_at) -> dict:
+    """The jobs through the executor: {id(job): outcome}."""
+    if not todo:
+        return {}
+    folder = cube_dir / "logs"  # submitit names each job's files <job id>_<task>_log.{out,err}, ...
+    report = _progress(len(todo))
+    if executor == "local":
+        return executors.run_local(todo, folder, config["local"] | ({"parallel": parallel} if parallel else {}),
+                                   report, 0.5 if poll_s is None else poll_s, stop_at)
+    if parallel:
+        options = options | {"array_parallelism": parallel}
+    return executors.run_slurm(todo, folder, config["slurm"] | {"options": options}, report,
+                               30.0 if poll_s is None else poll_s, stop_at)
+
+
+def _failures(plan: Plan, outcomes: dict, cube_dir: Path) -> list[str]:
+    """The jobs that did not finish their part, one line each; a job that found its dataset missing marks its cell."""
+    failed = []
+    for job in plan.todo:
+        outcome = outcomes.get(id(job), {})
+        if "missing" in outcome and job.params["name"] not in plan.missing:
+            plan.missing[job.params["name"]] = job.params
+            cube.write_missing(cube_dir, job.params, outcome["missing"])
+            print(f"missing: {job.params['name']}: {outcome['missing']}", flush=True)
+        elif "part" not in outcome:
+            why = f"cancelled ({outcome['cancelled']})" if "cancelled" in outcome else outcome.get("error", "no result")
+            failed.append(f"{job.label}: {why}")
+    return failed
+
+
+def _merge_complete(plan: Plan, cube_dir: Path, keep_checkpoints: bool) -> tuple[list[Path], dict]:
+    """Merge every cell of plan.to_merge whose parts are all finished into its cube; returns (the cubes written,
+    {cell: (parts finished, parts)} of the cells left to resume)."""
+    written, unfinished = [], {}
+    for p in plan.to_merge:
+        if p["name"] in plan.missing:
+            continue
+        cube_path, parts_dir = runs.paths(p, cube_dir)
+        every = params_mod.jobs(p)
+        done = sum(runs.part_finished(p, lr, parts_dir, seed) for lr, seed in every)
+        if done < len(every):
+            unfinished[p["name"]] = (done, len(every))
+            continue
+        runs.merge_and_write(p, cube_path, parts_dir, keep_checkpoints)
+        cube.missing_path(cube_dir, p).unlink(missing_ok=True)
+        print(f"cube: {cube_path}", flush=True)
+        written.append(cube_path)
+    return written, unfinished
+
+
+def _stop_reason(err: BaseException) -> str:
+    if isinstance(err, jobs.DeadlineReached):
+        return "at its --deadline"
+    if isinstance(err, KeyboardInterrupt):
+        return "by SIGINT (Ctrl-C)"
+    return "by SIGTERM" if isinstance(err, SystemExit) and err.code == 128 + 15 else "by SystemExit"
+
+
+def _merge_after_stop(plan: Plan, cube_dir: Path, keep_checkpoints: bool, err: BaseException) -> None:
+    """After a stop (the jobs are gone): merge the complete cells, then say which cells are complete and which will
+    resume; deaf to further SIGINT / SIGTERM meanwhile (the merge is short and its writes are atomic)."""
+    print(f"nc.runs.sweep: stopped {_stop_reason(err)}; merging the cells whose parts are all finished", flush=True)
+    with jobs.stop_signals(lambda signum, frame: print("nc.runs.sweep: already stopping: merging", flush=True)):
+        written, unfinished = _merge_complete(plan, cube_dir, keep_checkpoints)
+    complete = sorted(Path(c).stem for c in plan.current + written)
+    print(f"complete ({len(complete)} cell(s), cube current): {', '.join(complete) or 'none'}", flush=True)
+    resume = [f"{name} ({done} of {every} parts finished)" for name, (done, every) in unfinished.items()]
+    print(f"will resume ({len(resume)} cell(s); run the same command again): {', '.join(resume) or 'none'}", flush=True)
+
+
 def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition: str | None = None,
                 gpus_per_job: int | None = None, time_min: int | None = None, parallel: int | None = None,
                 poll_s: float | None = None, only=None, keep_checkpoints: bool = False,
-                seeds: int | None = None) -> list[Path]:
+                seeds: int | None = None, deadline: float | None = None) -> list[Path]:
     """Train every (parameter file, lr, run seed) of a profile as jobs and merge each cell's cube; returns the cube
     paths.
 
@@ -95,90 +221,43 @@ def run_profile(profile_dir, cube_dir, executor: str | None = None, *, partition
     Cells with an unavailable dataset are skipped and get a `.missing.json` marker; raises RuntimeError
     after merging what it can if any job failed or was cancelled. only: cell-name patterns (params.select);
     the other cells are left alone. Every job is recorded beside its part (nc.runs.jobs.write_record); a Slurm job of a
-    live record is waited for, not submitted again. SIGINT / SIGTERM (main thread) stop the jobs before the
-    exception (KeyboardInterrupt / SystemExit) leaves this function. keep_checkpoints: keep the finished parts'
-    checkpoints after the merge. seeds: run seeds 0..seeds-1 in every cell instead of each file's `seeds`."""
+    live record is waited for, not submitted again. keep_checkpoints: keep the finished parts' checkpoints after the
+    merge. seeds: run seeds 0..seeds-1 in every cell instead of each file's `seeds`.
+
+    Stopped by SIGINT or SIGTERM (main thread), or at `deadline` (a POSIX time) less nc.runs.jobs.STOP_MARGIN_S, it
+    starts no more jobs, stops the running ones, merges every cell whose parts are all finished, prints which cells
+    are complete and which will resume, and only then lets the exception (KeyboardInterrupt, SystemExit,
+    nc.runs.jobs.DeadlineReached) leave."""
     profile_dir, cube_dir = Path(profile_dir), Path(cube_dir)
     config = executors.read_executor(profile_dir)
     executor = executor or config["executor"]
     if executor not in cli.EXECUTORS:
         raise ValueError(f"executor must be one of {cli.EXECUTORS}, got {executor!r}")
-    files = params_mod.profile_files(profile_dir)
-    if not files:
-        raise ValueError(f"{profile_dir} has no parameter files")
-    files = params_mod.select(files, only)
-    cells = [params_mod.with_seeds(params_mod.load(f), seeds) for f in files]  # a bad file stops here
-    seen = {}
-    for p in cells:
-        cube_path, _ = runs.paths(p, cube_dir)
-        if cube_path in seen:
-            raise ValueError(f"{seen[cube_path]}.yaml and {p['name']}.yaml both write {cube_path}")
-        seen[cube_path] = p["name"]
-
-    current, to_merge, todo_jobs, missing, probed, finished_parts = [], [], [], {}, {}, 0
-    for p in cells:
-        cube_path, parts_dir = runs.paths(p, cube_dir)
-        if runs.is_current(cube_path, p):
-            current.append(cube_path)
-            cube.missing_path(cube_dir, p).unlink(missing_ok=True)
-            continue
-        every = [Job(p, lr, parts_dir, seed) for lr in p["lrs"] for seed in params_mod.run_seeds(p)]
-        todo = [j for j in every if not runs.part_finished(p, j.lr, parts_dir, j.seed)]
-        finished_parts += len(every) - len(todo)
-        if todo:
-            source = (p["dataset"], p["npz_dir"], p["npz_file"], p["data_root"], p["image_size"])
-            if source not in probed:
-                probed[source] = dataset_missing(p)
-            if probed[source] is not None:
-                missing[p["name"]] = p
-                cube.write_missing(cube_dir, p, probed[source])
-                print(f"missing: {p['name']}: {probed[source]}", flush=True)
-                continue
-        to_merge.append(p)
-        todo_jobs += todo
-
-    print(f"sweep {profile_dir.name}: {len(cells)} cells, {sum(len(p['lrs']) for p in cells)} lrs; "
-          f"{len(current)} cube(s) current, {len(missing)} cell(s) missing, {finished_parts} part(s) finished, "
-          f"{len(todo_jobs)} job(s) to run ({executor})", flush=True)
-    outcomes = {}
-    if todo_jobs:
-        folder = cube_dir / "logs"  # submitit names each job's files <job id>_<task>_log.{out,err}, ...
-        report = _progress(len(todo_jobs))
+    cells = _read_cells(profile_dir, cube_dir, only, seeds)
+    stop_at = None if deadline is None else deadline - jobs.STOP_MARGIN_S
+    if stop_at is not None:
+        print(f"deadline {time.strftime('%H:%M:%S', time.localtime(deadline))}: from "
+              f"{time.strftime('%H:%M:%S', time.localtime(stop_at))} no job starts and the running ones stop",
+              flush=True)
+    plan = Plan([], [], [], {}, 0)
+    options = {k: v for k, v in (("partition", partition), ("gpus_per_job", gpus_per_job), ("time_min", time_min))
+               if v is not None}
+    try:
         with jobs.sigterm_exits():
-            if executor == "local":
-                outcomes = executors.run_local(todo_jobs, folder, config["local"] | (
-                    {"parallel": parallel} if parallel else {}), report, 0.5 if poll_s is None else poll_s)
-            else:
-                options = {k: v for k, v in (("partition", partition), ("gpus_per_job", gpus_per_job),
-                                             ("time_min", time_min), ("array_parallelism", parallel))
-                           if v is not None}
-                outcomes = executors.run_slurm(todo_jobs, folder, config["slurm"] | {"options": options}, report,
-                                               30.0 if poll_s is None else poll_s)
-
-    failed = []
-    for job in todo_jobs:
-        outcome = outcomes.get(id(job), {})
-        if "missing" in outcome and job.params["name"] not in missing:
-            missing[job.params["name"]] = job.params
-            cube.write_missing(cube_dir, job.params, outcome["missing"])
-            print(f"missing: {job.params['name']}: {outcome['missing']}", flush=True)
-        elif "part" not in outcome:
-            why = f"cancelled ({outcome['cancelled']})" if "cancelled" in outcome else outcome.get("error", "no result")
-            failed.append(f"{job.label}: {why}")
-    written = []
-    for p in to_merge:
-        cube_path, parts_dir = runs.paths(p, cube_dir)
-        if p["name"] in missing or not all(runs.part_finished(p, lr, parts_dir, seed) for lr in p["lrs"]
-                                           for seed in params_mod.run_seeds(p)):
-            continue
-        runs.merge_and_write(p, cube_path, parts_dir, keep_checkpoints)
-        cube.missing_path(cube_dir, p).unlink(missing_ok=True)
-        print(f"cube: {cube_path}", flush=True)
-        written.append(cube_path)
+            _plan(cells, cube_dir, plan)
+            print(f"sweep {profile_dir.name}: {len(cells)} cells, {sum(len(p['lrs']) for p in cells)} lrs; "
+                  f"{len(plan.current)} cube(s) current, {len(plan.missing)} cell(s) missing, {plan.finished_parts} "
+                  f"part(s) finished, {len(plan.todo)} job(s) to run ({executor})", flush=True)
+            outcomes = _run_jobs(plan.todo, executor, config, cube_dir, options, parallel, poll_s, stop_at)
+    except (KeyboardInterrupt, SystemExit, jobs.DeadlineReached) as err:
+        _merge_after_stop(plan, cube_dir, keep_checkpoints, err)
+        raise
+    failed = _failures(plan, outcomes, cube_dir)
+    written, _ = _merge_complete(plan, cube_dir, keep_checkpoints)
     if failed:
         raise RuntimeError(f"{len(failed)} job(s) failed or were cancelled (re-running the sweep resumes them):"
                            "\n  " + "\n  ".join(failed))
-    return sorted(current + written)
+    return sorted(plan.current + written)
 
 
 def main(argv=None) -> None:
@@ -203,6 +282,8 @@ def main(argv=None) -> None:
             return
         with jobs.sigterm_exits():
             paths = run_profile(profile_dir, cube_dir, **cli.sweep_options(args))
+    except jobs.DeadlineReached as err:
+        sys.exit(f"nc.runs.sweep: {err}; its jobs were stopped (running the same command again resumes them)")
     except (RuntimeError, ValueError) as err:  # ParameterError is a ValueError
         sys.exit(f"nc.runs.sweep: {err}")
     except KeyboardInterrupt:
