@@ -51,19 +51,21 @@ from nc.runs import executors, sweep
 class HeldTrainPart(submitit.helpers.Checkpointable):
     def __call__(self, params, lr, parts_dir, threads, seed=None):
         from nc.runs import executors  # in the job's process: the original TrainPart
-        from nc.train import loop  # the loop writes its checkpoints with loop.save_atomic
+        from nc.train import record  # checkpoints and geometry files go through record.save_atomic
         hold, lrs = os.environ.get("NC_TEST_HOLD_AFTER"), os.environ.get("NC_TEST_HOLD_LRS")
         cells = os.environ.get("NC_TEST_HOLD_CELLS")
         first_run = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
         if hold and first_run and (not lrs or f"{lr:g}" in lrs.split(",")) and (
                 not cells or params["name"] in cells.split(",")):
-            save, saved, release = loop.save_atomic, [0], os.environ.get("NC_TEST_RELEASE")
+            save, saved, release = record.save_atomic, [0], os.environ.get("NC_TEST_RELEASE")
             def save_then_hold(obj, path):
                 save(obj, path)
+                if record.is_geometry_file(path):
+                    return
                 saved[0] += 1
                 while saved[0] >= int(hold) and not (release and os.path.exists(release)):
                     time.sleep(0.2)
-            loop.save_atomic = save_then_hold
+            record.save_atomic = save_then_hold
         return executors.TrainPart()(params, lr, parts_dir, threads, seed)
 
 executors.TrainPart = HeldTrainPart

@@ -31,19 +31,20 @@ KILLED_CELL, KILLED_LR = "demo-vgg11", 0.05
 TAMPERED_WALL_TIME = 1e6  # written into the killed job's checkpoint: only a resumed run carries it on
 
 # run_part in a process of its own that stops (sleeps for good) after its first checkpoint, so that the test
-# SIGKILLs it mid-run whatever the machine's speed (the loop writes its checkpoint with nc.train.loop.save_atomic)
+# SIGKILLs it mid-run whatever the machine's speed (the checkpoint is written by nc.train.record.save_atomic, with the
+# geometry files; test_train pins that seam)
 KILL_SCRIPT = """
 import sys, time, torch
 from nc import runs
 from nc.runs import params
-from nc.train import loop
+from nc.train import record
 torch.set_num_threads(1)
-save = loop.save_atomic
+save = record.save_atomic
 def save_then_stop(obj, path):
     save(obj, path)
-    while True:
+    while not record.is_geometry_file(path):
         time.sleep(60)
-loop.save_atomic = save_then_stop
+record.save_atomic = save_then_stop
 runs.run_part(params.load(sys.argv[1]), float(sys.argv[2]), sys.argv[3], progress=False)
 """
 # The driver (python -m nc.sweep's main) with nc.runs.executors.TrainPart wrapped (in __main__, so cloudpickle sends
@@ -57,14 +58,14 @@ from nc.runs import executors, sweep
 class HeldTrainPart(submitit.helpers.Checkpointable):
     def __call__(self, params, lr, parts_dir, threads, seed=None):
         from nc.runs import executors
-        from nc.train import loop
+        from nc.train import record
         if params["name"] == os.environ.get("NC_TEST_HOLD_CELL"):
-            save = loop.save_atomic
+            save = record.save_atomic
             def save_then_hold(obj, path):
                 save(obj, path)
-                while True:
+                while not record.is_geometry_file(path):
                     time.sleep(0.2)
-            loop.save_atomic = save_then_hold
+            record.save_atomic = save_then_hold
         return executors.TrainPart()(params, lr, parts_dir, threads, seed)
 
 executors.TrainPart = HeldTrainPart

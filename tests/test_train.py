@@ -176,6 +176,20 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     xr.testing.assert_equal(resumed.drop_vars(drop), whole.drop_vars(drop))
 
 
+def test_every_checkpoint_goes_through_record_save_atomic(tmp_path, monkeypatch):
+    """The seam that test_sweep's and test_slurm's kill/hold scripts patch: a change that writes checkpoints some
+    other way would make those scripts hold nothing (their tests then wait out their deadlines), so it fails here."""
+    from nc.train import record
+
+    written, save = [], record.save_atomic
+    monkeypatch.setattr(record, "save_atomic", lambda obj, path: (written.append(path), save(obj, path)))
+    p = make_params(epochs=3, snapshot_epochs=[1, 3])
+    runs.run_part(p, 0.05, tmp_path, progress=False, stop_after=2)
+    ckpt = runs.checkpoint_path(tmp_path, 0.05, params.run_seeds(p)[0])
+    assert ckpt.exists() and [path for path in written if not record.is_geometry_file(path)] == [ckpt, ckpt]
+    assert [record.geometry_file(ckpt, 1)] == [path for path in written if record.is_geometry_file(path)]
+
+
 def test_diverging_lr_is_recorded_not_a_crash(tmp_path):
     p = make_params(lrs=[0.05, 1e6], epochs=4, snapshot_epochs=[1, 4])
     p["profile"] = "test"

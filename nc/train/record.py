@@ -95,6 +95,11 @@ def geometry_file(checkpoint: Path, epoch: int) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.geometry-{epoch}.pt")
 
 
+def is_geometry_file(path: Path) -> bool:
+    """Whether `path` is one of geometry_file's files (not a checkpoint)."""
+    return ".geometry-" in Path(path).name
+
+
 def checkpoint_files(checkpoint: Path) -> list[Path]:
     """The checkpoint and its geometry files, those that exist (what deleting a finished run's checkpoint deletes)."""
     checkpoint = Path(checkpoint)
