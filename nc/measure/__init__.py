@@ -4,6 +4,7 @@ checks (theory) and the collectives that merge them across processes (distribute
 
 The paper's measurement is re-exported here, so `nc.measure.collapse_metrics(...)` reads as before.
 """
+from nc.measure.api import CollapseWarning, collapse, from_stats, test_stats, train_stats  # noqa: F401
 from nc.measure.moments import ClassStats, CollapseAccumulator, Moments, mean_span_basis, moments  # noqa: F401
 from nc.measure.paper import (  # noqa: F401
     DEFINITIONS,
@@ -14,3 +15,5 @@ from nc.measure.paper import (  # noqa: F401
     nc1_from_within_cov,
     ncc_disagreements,
 )
+from nc.measure.registry import MEASURES  # noqa: F401
+from nc.measure.stats import TestStats, TrainStats, load_test, load_train, merge  # noqa: F401

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from nc.measure import distributed
-from nc.measure.moments import CollapseAccumulator
+from nc.measure.moments import CollapseAccumulator, class_counts
 
 LAYER_KEYS = ("nc1", "trace_ratio", "ncc_acc_train", "ncc_acc_test")
 DEPTH_METRICS = tuple("depth_" + k for k in LAYER_KEYS)  # on the cube's `layer` dimension
@@ -88,7 +88,7 @@ class ClassMeansTrace:
     def update(self, h: torch.Tensor, y) -> None:
         h = h.to(device=self.device, dtype=torch.float64)
         y = torch.as_tensor(y).to(device=self.device, dtype=torch.int64)
-        n_b = torch.bincount(y, minlength=self.C).to(torch.float64)
+        n_b = class_counts(y, self.C)
         mean_b = torch.zeros_like(self.means).index_add_(0, y, h) / n_b.clamp(min=1)[:, None]
         m2_b = torch.zeros_like(self.m2).index_add_(0, y, (h - mean_b[y]).pow(2).sum(dim=1))
         n = self.counts + n_b

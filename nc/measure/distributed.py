@@ -8,8 +8,10 @@ nc.train.ddp.setup, which records the Context here.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -141,3 +143,21 @@ def shard(n: int) -> torch.Tensor | None:
     (sequential reads of a memory-mapped store); None (the stored order) for one process."""
     ctx = current()
     return torch.arange(n).tensor_split(ctx.world_size)[ctx.rank] if ctx.distributed else None
+
+
+@contextlib.contextmanager
+def joined():
+    """For the duration, the Context of a torch.distributed process group the caller initialised (a user's torchrun:
+    each rank passes its shard), unless a Context is already set; the collectives' device is the current CUDA
+    device under NCCL, else the CPU. Without a process group: nothing changes."""
+    if current().distributed or not (dist.is_available() and dist.is_initialized()):
+        yield current()
+        return
+    nccl = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    ctx = Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), device)
+    previous, _CURRENT[0] = _CURRENT[0], ctx
+    try:
+        yield ctx
+    finally:
+        _CURRENT[0] = previous

@@ -23,6 +23,13 @@ def _labels(y, device) -> torch.Tensor:
     return torch.as_tensor(y).to(device=device, dtype=torch.int64)
 
 
+def class_counts(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Float64 samples per class of int64 labels y, on y's device, without a host-device sync (torch.bincount syncs
+    on CUDA: it reads the largest label to size its output)."""
+    ones = torch.ones(len(y), dtype=torch.float64, device=y.device)
+    return torch.zeros(num_classes, dtype=torch.float64, device=y.device).index_add_(0, y, ones)
+
+
 def mean_span_basis(M: torch.Tensor):
     """U_k (p x k), S_k (k,), V_k (C x k) of the rank k = C-1 truncated SVD of M (p x C): M^+ = V_k S_k^-1 U_k^T.
 
@@ -73,7 +80,7 @@ class ClassStats:
         y = _labels(labels, self.device)
         if len(y) == 0:
             return
-        n_b = torch.bincount(y, minlength=self.C).to(torch.float64)
+        n_b = class_counts(y, self.C)
         first = torch.full((self.C,), len(y), device=self.device).scatter_reduce_(
             0, y, torch.arange(len(y), device=self.device), "amin").clamp_(max=len(y) - 1)
         new = (n_b > 0) & (self.counts == 0)

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nc.measure import depth, followups, imbalance, paper
+from nc.measure import depth, imbalance, registry
 from nc.train import losses
 
 DEPTH_STAGES = ("first", "tpt", "last")  # the first snapshot, the TPT start epoch, the last snapshot
@@ -54,15 +54,8 @@ EPOCH_VARIABLES = {
                        "before the epoch: MultiStepLR stepped after each epoch (Section 2G)"),
 }
 SNAPSHOT_VARIABLES = {
-    **{k: Var(LE, k.replace("_", " "), "1", paper.DEFINITIONS[k] + "; NaN off snapshot epochs")
-       for k in paper.METRICS},
-    "robustness": Var(LE, "DeepFool robustness", "1",
-                      "Ave_i ||r(x_i)||_2 / ||x_i||_2 over fixed test images, DeepFool L2 (Fig. 8), in the network's "
-                      "standardised input space; NaN off snapshot epochs"),
-    "within_trace": Var(LE, "trace of the within-class covariance", "feature units squared",
-                        "Tr(Sigma_W), Sigma_W = Ave_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T, train features"),
-    **{k: Var(LE, k.replace("_", " "), "1", followups.DEFINITIONS[k] + "; NaN off snapshot epochs")
-       for k in followups.FOLLOWUP_METRICS},
+    **{k: Var(LE, m.long_name, m.units, m.definition + "; NaN off snapshot epochs")
+       for k, m in registry.MEASURES.items()},
     **LOSS_VARIABLES,
     **{k: Var(LE, k.replace("_", " "), "1", imbalance.DEFINITIONS[k] + "; minority = the classes an imbalanced run "
               "gives n/R images (the last floor(C/2)), the same groups on balanced runs; NaN off snapshot epochs")
