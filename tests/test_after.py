@@ -87,9 +87,9 @@ def test_followup_claims_read_the_runs_and_say_what_is_missing(followups, tmp_pa
     got = after.followup_runs(followups)
     assert set(got) == set(VARIANTS)
     rows = {r["claim"]: r for r in after.followup_claims(got)}
-    assert set(rows) == {c for page in ("mse", "fixed_etf", "weight_decay", "imbalance")
-                         for c, *_ in after.CLAIMS[page]}
-    assert all(r["held"] in (True, False) for r in rows.values())  # every run is there: every claim checkable
+    assert set(rows) == {c.name for page in ("mse", "fixed_etf", "weight_decay", "imbalance")
+                         for c in after.CLAIMS[page]}
+    assert all(r["held"] is not None for r in rows.values())  # every run is there: every claim checkable
     assert rows["mse_collapse"]["cell"] == "demo-vgg11-mse"  # each verdict names the runs it read
     assert rows["fixed_etf"]["cell"] == "demo-vgg11-ce vs demo-vgg11-fixed-etf"
     assert rows["minority_collapse"]["cell"].split(" vs ") == ["demo-vgg11-ce", "demo-vgg11-imbalance10",
@@ -99,6 +99,7 @@ def test_followup_claims_read_the_runs_and_say_what_is_missing(followups, tmp_pa
     for r, ds in after.runs_by_ratio(got):
         assert float(ds["minority_collapse"].dropna("epoch")[-1]) == by_r[r]
     assert rows["minority_collapse"]["held"] == (by_r[1.0] < by_r[10.0] < by_r[100.0])
+    assert "all at the one stated lr 0.05" in rows["fixed_etf"]["text"]
     empty = after.followup_claims({})
     assert all(r["held"] is None and r["text"] == "not trained" for r in empty)
 
@@ -174,3 +175,12 @@ def test_follow_up_and_depth_claims_are_checked_in_every_seed(followups, tmp_pat
     assert "checked in every seed" in after.claims_markdown(two, "cdnv")
     assert "checked in every seed" not in after.claims_markdown(one, "cdnv")
     assert len(after.depth_cells(tmp_path)) == len(after.depth_cells(followups))  # the figure: the first seed
+
+
+def test_like_for_like_a_treatment_on_another_lr_grid_is_not_compared(followups, tmp_path):
+    got = after.followup_runs(followups)
+    etf = got["demo-vgg11-fixed-etf"]
+    etf.attrs["params"] = etf.attrs["params"] | {"lrs": [0.025, 0.05, 0.1]}
+    rows = {r["claim"]: r for r in after.followup_claims(got)}
+    assert rows["fixed_etf"]["held"] is None and rows["fixed_etf"]["text"].startswith("not like for like")
+    assert rows["weight_decay"]["held"] is not None  # the other comparisons are untouched
