@@ -67,11 +67,22 @@ def test_a_fixed_etf_classifier_is_bitwise_unchanged_by_training(followups):
         fresh = models.build("vgg11", 10, 1, 16, 0.125, classifier="fixed_etf", etf_seed=p["seed"])
     w0 = fresh.classifier.weight.detach().double().numpy()
     assert all(np.array_equal(W[s], w0) for s in range(W.shape[0]))
-    assert np.array_equal(ds["classifier_bias"].values, np.zeros_like(ds["classifier_bias"].values))
+    b = ds["classifier_bias"].values  # trained by default (fixed_etf_bias: train, as Zhu et al.), from 0
+    assert np.isfinite(b).all() and not np.array_equal(b[-1], np.zeros_like(b[-1]))
     G = w0 @ w0.T
     np.testing.assert_allclose(G, 10 / 9 * (np.eye(10) - 1 / 10), atol=1e-6)  # a simplex ETF (float32 weights)
     learned = cube.open_cube(followups / "demo-vgg11-ce.nc")["classifier_weight"].values
     assert not np.array_equal(learned[0], learned[-1])
+
+
+@pytest.mark.parametrize("bias,trains", [("train", True), ("zero", False)])
+def test_a_fixed_etf_bias_trains_or_stays_zero_as_asked(bias, trains):
+    p = params.validate(TINY | {"classifier": "fixed_etf", "fixed_etf_bias": bias}, "etf")
+    net = models.build("vgg11", 10, 1, 16, 0.125, classifier="fixed_etf", etf_bias=p["fixed_etf_bias"])
+    assert not net.classifier.weight.requires_grad and net.classifier.bias.requires_grad is trains
+    assert torch.count_nonzero(net.classifier.bias) == 0
+    with pytest.raises(params.ParameterError, match="'fixed_etf_bias'.*train"):
+        params.validate(TINY | {"fixed_etf_bias": "frozen"}, "f.yaml")
 
 
 def test_the_mse_run_records_its_central_path_terms_and_the_others_do_not(followups):

@@ -28,6 +28,7 @@ STANDARDIZE = ("channel", "pixel")
 PRECISIONS = ("float32", "tf32", "bf16")
 LOSSES = ("cross_entropy", "mse")
 CLASSIFIERS = ("learned", "fixed_etf")
+ETF_BIASES = models.ETF_BIASES
 STEMS = ("small", "imagenet")
 REQUIRED = object()
 
@@ -94,7 +95,10 @@ SCHEMA = {
                 "cross_entropy (the paper) or mse (mean squared error on one-hot targets, as F.mse_loss and the "
                 "authors' notebook's MSE branch; Han, Papyan & Donoho, ICLR 2022)"),
     "classifier": Key("learned", _one_of(CLASSIFIERS),
-                      "learned or fixed_etf (the last layer frozen at a seeded simplex ETF, bias 0; Zhu et al. 2021)"),
+                      "learned or fixed_etf (the last layer's weight frozen at a seeded simplex ETF; Zhu et al. 2021)"),
+    "fixed_etf_bias": Key("train", _one_of(ETF_BIASES),
+                          "train (a fixed ETF classifier's bias is trained, as Zhu et al.'s code) or zero (frozen at "
+                          "0)"),
     "feature_dim": Key(None, _opt(_pos_int), "null or a positive integer p: a linear projection to p features "
                        "before the classifier (Zhu et al. use p = C)"),
     "momentum": Key(0.9, lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
