@@ -33,6 +33,7 @@ FAMILIES = ("vgg", "resnet", "densenet")
 FAMILY_TITLES = {"vgg": "VGG", "resnet": "ResNet", "densenet": "DenseNet"}
 STEMS = ("small", "imagenet")
 CLASSIFIERS = ("learned", "fixed_etf")
+ETF_BIASES = ("train", "zero")  # a fixed ETF classifier's bias: trained (Zhu et al.'s default) or frozen at 0
 
 # VGG conv configs (Simonyan & Zisserman 2015, configs A, B, D, E; "M" = 2x2 max-pool), torchvision's lists.
 VGG_CONFIGS = {"vgg11": tv_vgg.cfgs["A"], "vgg13": tv_vgg.cfgs["B"], "vgg16": tv_vgg.cfgs["D"],
@@ -370,20 +371,22 @@ def init_weights(model: nn.Module):
 
 def build(network: str, num_classes: int, in_channels: int = 3, image_size: int = 32, width: float = 1.0,
           memory_efficient: bool = False, growth_rate: int | None = None, *, stem: str = "small",
-          classifier: str = "learned", etf_seed: int = 0, feature_dim: int | None = None) -> Network:
+          classifier: str = "learned", etf_seed: int = 0, etf_bias: str = "train",
+          feature_dim: int | None = None) -> Network:
     """A freshly initialised `Network` by name (REGISTRY; also any 'densenet<depth>' with (depth - 4) % 6 == 0).
 
     growth_rate overrides the DenseNet default k (before width scaling); memory_efficient applies to DenseNets.
     stem: "small" or "imagenet" (module docstring). feature_dim: append nn.Linear(p, feature_dim, bias=False) to
     `features` (Zhu et al. 2021 use feature_dim = C); no bias, since the classifier's bias already absorbs a shift
     of h and a fixed-ETF classifier should have none. classifier="fixed_etf": W frozen at a simplex ETF
-    (`simplex_etf`, seed etf_seed), b = 0 frozen; needs p >= C - 1."""
+    (`simplex_etf`, seed etf_seed), b starting at 0 and trained (etf_bias "train", Zhu et al.) or frozen at 0
+    ("zero"); needs p >= C - 1."""
     if num_classes < 1 or in_channels < 1 or image_size < 1 or not width > 0:
         raise ValueError(f"need num_classes, in_channels, image_size >= 1 and width > 0, got "
                          f"{num_classes=}, {in_channels=}, {image_size=}, {width=}")
-    if stem not in STEMS or classifier not in CLASSIFIERS:
-        raise ValueError(f"stem must be one of {STEMS} and classifier one of {CLASSIFIERS}, got {stem=}, "
-                         f"{classifier=}")
+    if stem not in STEMS or classifier not in CLASSIFIERS or etf_bias not in ETF_BIASES:
+        raise ValueError(f"stem must be one of {STEMS}, classifier one of {CLASSIFIERS} and etf_bias one of "
+                         f"{ETF_BIASES}, got {stem=}, {classifier=}, {etf_bias=}")
     if feature_dim is not None and (not isinstance(feature_dim, int) or feature_dim < 1):
         raise ValueError(f"feature_dim must be None or an int >= 1, got {feature_dim!r}")
     options = {"growth_rate": growth_rate} if growth_rate is not None else {}
@@ -399,7 +402,8 @@ def build(network: str, num_classes: int, in_channels: int = 3, image_size: int 
         with torch.no_grad():
             model.classifier.weight.copy_(simplex_etf(num_classes, p, etf_seed))
             model.classifier.bias.zero_()
-        model.classifier.requires_grad_(False)  # grads stay None, so SGD (decay, momentum too) never touches it
+        model.classifier.weight.requires_grad_(False)  # grad stays None: SGD (decay, momentum too) never touches it
+        model.classifier.bias.requires_grad_(etf_bias == "train")
     return model
 
 
@@ -407,7 +411,7 @@ def feature_dim_of(network: str, num_classes: int, in_channels: int = 3, image_s
                    **build_kwargs) -> int:
     """p of `build(network, ...)`, built on the meta device (no memory, no compute). The classifier options do not
     change p and are ignored, so a fixed-ETF cell with p < C - 1 gets its number here, not an error."""
-    build_kwargs = {k: v for k, v in build_kwargs.items() if k not in ("classifier", "etf_seed")}
+    build_kwargs = {k: v for k, v in build_kwargs.items() if k not in ("classifier", "etf_seed", "etf_bias")}
     with torch.device("meta"):
         return build(network, num_classes, in_channels, image_size, width, **build_kwargs).feature_dim
 

@@ -67,11 +67,22 @@ def test_a_fixed_etf_classifier_is_bitwise_unchanged_by_training(followups):
         fresh = models.build("vgg11", 10, 1, 16, 0.125, classifier="fixed_etf", etf_seed=p["seed"])
     w0 = fresh.classifier.weight.detach().double().numpy()
     assert all(np.array_equal(W[s], w0) for s in range(W.shape[0]))
-    assert np.array_equal(ds["classifier_bias"].values, np.zeros_like(ds["classifier_bias"].values))
+    b = ds["classifier_bias"].values  # trained by default (fixed_etf_bias: train, as Zhu et al.), from 0
+    assert np.isfinite(b).all() and not np.array_equal(b[-1], np.zeros_like(b[-1]))
     G = w0 @ w0.T
     np.testing.assert_allclose(G, 10 / 9 * (np.eye(10) - 1 / 10), atol=1e-6)  # a simplex ETF (float32 weights)
     learned = cube.open_cube(followups / "demo-vgg11-ce.nc")["classifier_weight"].values
     assert not np.array_equal(learned[0], learned[-1])
+
+
+@pytest.mark.parametrize("bias,trains", [("train", True), ("zero", False)])
+def test_a_fixed_etf_bias_trains_or_stays_zero_as_asked(bias, trains):
+    p = params.validate(TINY | {"classifier": "fixed_etf", "fixed_etf_bias": bias}, "etf")
+    net = models.build("vgg11", 10, 1, 16, 0.125, classifier="fixed_etf", etf_bias=p["fixed_etf_bias"])
+    assert not net.classifier.weight.requires_grad and net.classifier.bias.requires_grad is trains
+    assert torch.count_nonzero(net.classifier.bias) == 0
+    with pytest.raises(params.ParameterError, match="'fixed_etf_bias'.*train"):
+        params.validate(TINY | {"fixed_etf_bias": "frozen"}, "f.yaml")
 
 
 def test_the_mse_run_records_its_central_path_terms_and_the_others_do_not(followups):
@@ -87,9 +98,9 @@ def test_followup_claims_read_the_runs_and_say_what_is_missing(followups, tmp_pa
     got = after.followup_runs(followups)
     assert set(got) == set(VARIANTS)
     rows = {r["claim"]: r for r in after.followup_claims(got)}
-    assert set(rows) == {c for page in ("mse", "fixed_etf", "weight_decay", "imbalance")
-                         for c, *_ in after.CLAIMS[page]}
-    assert all(r["held"] in (True, False) for r in rows.values())  # every run is there: every claim checkable
+    assert set(rows) == {c.name for page in ("mse", "fixed_etf", "weight_decay", "imbalance")
+                         for c in after.CLAIMS[page]}
+    assert all(r["held"] is not None for r in rows.values())  # every run is there: every claim checkable
     assert rows["mse_collapse"]["cell"] == "demo-vgg11-mse"  # each verdict names the runs it read
     assert rows["fixed_etf"]["cell"] == "demo-vgg11-ce vs demo-vgg11-fixed-etf"
     assert rows["minority_collapse"]["cell"].split(" vs ") == ["demo-vgg11-ce", "demo-vgg11-imbalance10",
@@ -99,6 +110,7 @@ def test_followup_claims_read_the_runs_and_say_what_is_missing(followups, tmp_pa
     for r, ds in after.runs_by_ratio(got):
         assert float(ds["minority_collapse"].dropna("epoch")[-1]) == by_r[r]
     assert rows["minority_collapse"]["held"] == (by_r[1.0] < by_r[10.0] < by_r[100.0])
+    assert "all at the one stated lr 0.05" in rows["fixed_etf"]["text"]
     empty = after.followup_claims({})
     assert all(r["held"] is None and r["text"] == "not trained" for r in empty)
 
@@ -174,3 +186,12 @@ def test_follow_up_and_depth_claims_are_checked_in_every_seed(followups, tmp_pat
     assert "checked in every seed" in after.claims_markdown(two, "cdnv")
     assert "checked in every seed" not in after.claims_markdown(one, "cdnv")
     assert len(after.depth_cells(tmp_path)) == len(after.depth_cells(followups))  # the figure: the first seed
+
+
+def test_like_for_like_a_treatment_on_another_lr_grid_is_not_compared(followups, tmp_path):
+    got = after.followup_runs(followups)
+    etf = got["demo-vgg11-fixed-etf"]
+    etf.attrs["params"] = etf.attrs["params"] | {"lrs": [0.025, 0.05, 0.1]}
+    rows = {r["claim"]: r for r in after.followup_claims(got)}
+    assert rows["fixed_etf"]["held"] is None and rows["fixed_etf"]["text"].startswith("not like for like")
+    assert rows["weight_decay"]["held"] is not None  # the other comparisons are untouched

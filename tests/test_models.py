@@ -403,7 +403,8 @@ def test_fixed_etf_classifier_is_frozen_under_sgd():
     torch.manual_seed(0)
     learned = build('vgg11', 10, in_channels=1, image_size=16, width=0.125)
     torch.manual_seed(0)
-    model = build('vgg11', 10, in_channels=1, image_size=16, width=0.125, classifier='fixed_etf', etf_seed=5)
+    model = build('vgg11', 10, in_channels=1, image_size=16, width=0.125, classifier='fixed_etf', etf_seed=5,
+                  etf_bias='zero')
     backbone = {k: v for k, v in model.state_dict().items() if not k.startswith('classifier')}
     assert all(torch.equal(v, learned.state_dict()[k]) for k, v in backbone.items())  # global RNG untouched
     W, b = model.classifier.weight, model.classifier.bias
@@ -420,6 +421,8 @@ def test_fixed_etf_classifier_is_frozen_under_sgd():
     assert W.grad is None and b.grad is None
     assert torch.equal(W, W0) and torch.equal(b, b0)  # bitwise: SGD skips parameters whose .grad is None
     assert any(not torch.equal(q, others[n]) for n, q in model.named_parameters() if n in others)  # it did train
+    default = build('vgg11', 10, in_channels=1, image_size=16, width=0.125, classifier='fixed_etf', etf_seed=5)
+    assert not default.classifier.weight.requires_grad and default.classifier.bias.requires_grad  # Zhu et al.
 
 
 def test_fixed_etf_in_float64_and_minimal_dimension():

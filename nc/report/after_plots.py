@@ -103,3 +103,18 @@ def minority_figure(runs_by_ratio: list[tuple[float, xr.Dataset]]):
     b.set(xlabel="imbalance ratio R", ylabel="at the last epoch", title="minority collapse")
     fig.tight_layout()
     return fig
+
+
+def depth_residual_figure(cells_depth: list[dict], residuals):
+    """The depth law's residuals at the last snapshot: log(C NC1_l) minus the fitted line, per block, one line per
+    cell (`residuals(nc1_by_layer, classes)` computes them: nc.report.after.depth_residuals)."""
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    for d, colour in zip(cells_depth, RUN_COLOURS * 4):
+        x = np.arange(1, len(d["layer_names"]) + 1)
+        ax.plot(x, residuals(d["nc1"][-1], d["classes"]), "o-", ms=3, color=colour,
+                label=f"{d['dataset']} × {d['network']} (R² {d['r2'][-1]:.2f})")
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    ax.set(xlabel="block l", ylabel="residual of log(C NC1_l)", title="the depth law's residuals, last snapshot")
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -17,6 +17,7 @@ import xarray as xr
 
 from nc import models
 from nc.data import DATASETS
+from nc.report.claims import HELD_MARK, HELD_WORD, Claim  # noqa: F401  (HELD_WORD: the words, re-exported)
 from nc.report.profiles import cells, seed_runs, snapshot_series
 
 
@@ -109,31 +110,56 @@ def paper_table1(paper: dict) -> list[dict]:
              "improvement": acc[col][row][1] - acc[col][row][0]} for col in DATASETS for row in models.FAMILIES]
 
 
-NCC_THRESHOLD = 0.05
-ORDER_OF_MAGNITUDE = 10.0
-# page name: (variables, the rule as the claims page states it); titles come from nc.report.pages
-CLAIMS = {
-    "fig2": (("equinorm_means", "equinorm_classifiers"),
-             "the coefficients of variation of the centred class-mean norms and of the classifier norms are "
-             "both lower at the last epoch than at the TPT start"),
-    "fig3": (("equiangular_means", "equiangular_classifiers"),
-             "the SDs of the pairwise cosines of the class means and of the classifiers are both lower at the "
-             "last epoch than at the TPT start"),
-    "fig4": (("maxangle_means", "maxangle_classifiers"),
-             "Avg |cos + 1/(C−1)| of the class means and of the classifiers are both lower at the last epoch "
-             "than at the TPT start"),
-    "fig5": (("self_duality",), "‖W/‖W‖ − M/‖M‖‖² is lower at the last epoch than at the TPT start"),
-    "fig6": (("nc1",), f"Tr(Σ_W Σ_B†)/C falls by at least {ORDER_OF_MAGNITUDE:g}× from the first snapshot to the last "
-             "epoch and is lower at the last epoch than at the TPT start"),
-    "fig7": (("ncc_mismatch",), f"the test NCC mismatch at the last epoch is below {NCC_THRESHOLD:g} and not higher "
-             "than at the TPT start (both can be exactly 0 on a small test set)"),
-    "fig8": (("robustness",), "the DeepFool robustness Ave ‖r(x)‖/‖x‖ is higher at the last epoch than at the TPT "
-             "start"),
-    "table1": (("test_acc",), "the test accuracy at the last epoch is at least that at the TPT start epoch"),
-}
+def _changes(claim, c: xr.Dataset) -> tuple[dict, dict, str | None]:
+    """tpt_change of each of the claim's variables, the numbers a claim reports, and why it is not checkable (None
+    when it is)."""
+    changes = {n: tpt_change(c, n) for n in claim.variables}
+    ch = changes[claim.variables[0]]
+    numbers = {"tpt_epoch": None if not np.isfinite(ch["tpt_epoch"]) else int(ch["tpt_epoch"]),
+               "tpt_snapshot": ch["tpt_snapshot"], "last_epoch": ch["last_epoch"],
+               **{f"{n}_{k}": changes[n][k] for n in claim.variables for k in ("first", "at_tpt", "last")}}
+    why = ("not measured" if ch["last_epoch"] is None else "TPT not reached" if ch["tpt_snapshot"] is None
+           else "TPT at the last epoch" if ch["tpt_snapshot"] >= ch["last_epoch"] else None)
+    return changes, numbers, why
 
 
-def _table1_claim(c: xr.Dataset) -> tuple[bool | None, str, dict]:
+def _all_lower(claim, c):
+    changes, numbers, why = _changes(claim, c)
+    if why:
+        return None, why, numbers
+    held = all(changes[n]["last"] < changes[n]["at_tpt"] for n in claim.variables)
+    return bool(held), "\n".join(f"{changes[n]['at_tpt']:.3g}→{changes[n]['last']:.3g}" for n in claim.variables), \
+        numbers
+
+
+def _nc1_falls(claim, c):
+    changes, numbers, why = _changes(claim, c)
+    if why:
+        return None, why, numbers
+    ch = changes["nc1"]
+    drop = ch["first"] / ch["last"] if ch["last"] > 0 else np.inf
+    held = drop >= claim.thresholds["factor"] and ch["last"] < ch["at_tpt"]
+    return bool(held), f"{ch['at_tpt']:.3g}→{ch['last']:.3g}\n÷{drop:.3g} from 1st", numbers
+
+
+def _ncc_small(claim, c):
+    changes, numbers, why = _changes(claim, c)
+    if why:
+        return None, why, numbers
+    ch = changes["ncc_mismatch"]
+    held = ch["last"] < claim.thresholds["mismatch"] and ch["last"] <= ch["at_tpt"]
+    return bool(held), f"{ch['at_tpt']:.3f}→{ch['last']:.3f}", numbers
+
+
+def _robustness_rises(claim, c):
+    changes, numbers, why = _changes(claim, c)
+    if why:
+        return None, why, numbers
+    ch = changes["robustness"]
+    return bool(ch["last"] > ch["at_tpt"]), f"{ch['at_tpt']:.3g}→{ch['last']:.3g}", numbers
+
+
+def _table1(claim, c: xr.Dataset) -> tuple[bool | None, str, dict]:
     acc = c["test_acc"].dropna("epoch")
     tpt = float(c["tpt_epoch"])
     if acc.size == 0 or not np.isfinite(tpt) or int(tpt) not in acc["epoch"]:
@@ -145,40 +171,45 @@ def _table1_claim(c: xr.Dataset) -> tuple[bool | None, str, dict]:
     return bool(b >= a), f"{a * 100:.1f}→{b * 100:.1f}%", numbers
 
 
+_PAPYAN = "Papyan, Han & Donoho, PNAS 2020"
+_BOTH = "both lower at the last epoch than at the TPT start"
+# The paper's claims, one per page (the page's title is in nc.report.catalog), checked per run (a cell, one seed).
+CLAIMS = {c.name: c for c in (
+    Claim("fig2", "fig2", ("equinorm_means", "equinorm_classifiers"), _PAPYAN,
+          "the class means and the classifiers become equinorm",
+          "the coefficients of variation of the centred class-mean norms and of the classifier norms are " + _BOTH,
+          _all_lower),
+    Claim("fig3", "fig3", ("equiangular_means", "equiangular_classifiers"), _PAPYAN,
+          "the class means and the classifiers become equiangular",
+          "the SDs of the pairwise cosines of the class means and of the classifiers are " + _BOTH, _all_lower),
+    Claim("fig4", "fig4", ("maxangle_means", "maxangle_classifiers"), _PAPYAN,
+          "the class means and the classifiers approach the maximal angle",
+          "Avg |cos + 1/(C−1)| of the class means and of the classifiers are " + _BOTH, _all_lower),
+    Claim("fig5", "fig5", ("self_duality",), _PAPYAN, "the classifier converges to the class means",
+          "‖W/‖W‖ − M/‖M‖‖² is lower at the last epoch than at the TPT start", _all_lower),
+    Claim("fig6", "fig6", ("nc1",), _PAPYAN, "the within-class variation collapses",
+          "Tr(Σ_W Σ_B†)/C falls by at least {factor:g}× from the first snapshot to the last epoch and is lower at "
+          "the last epoch than at the TPT start", _nc1_falls, {"factor": 10.0}),
+    Claim("fig7", "fig7", ("ncc_mismatch",), _PAPYAN, "the classifier approaches the nearest class centre",
+          "the test NCC mismatch at the last epoch is below {mismatch:g} and not higher than at the TPT start (both "
+          "can be exactly 0 on a small test set)", _ncc_small, {"mismatch": 0.05}),
+    Claim("fig8", "fig8", ("robustness",), _PAPYAN, "training beyond zero error improves adversarial robustness",
+          "the DeepFool robustness Ave ‖r(x)‖/‖x‖ is higher at the last epoch than at the TPT start",
+          _robustness_rises),
+    Claim("table1", "table1", ("test_acc",), _PAPYAN, "training beyond zero error improves test performance",
+          "the test accuracy at the last epoch is at least that at the TPT start epoch", _table1),
+)}
+ORDER_OF_MAGNITUDE = CLAIMS["fig6"].thresholds["factor"]
+NCC_THRESHOLD = CLAIMS["fig7"].thresholds["mismatch"]
+
+
 def claim(figure: str, c: xr.Dataset) -> tuple[bool | None, str, dict]:
     """(held, cell text, numbers) for one figure's claim in one run (a cell, one seed); held None when it cannot be
-    checked."""
-    if figure == "table1":
-        return _table1_claim(c)
-    names, _ = CLAIMS[figure]
-    changes = {n: tpt_change(c, n) for n in names}
-    ch = changes[names[0]]
-    numbers = {"tpt_epoch": None if not np.isfinite(ch["tpt_epoch"]) else int(ch["tpt_epoch"]),
-               "tpt_snapshot": ch["tpt_snapshot"], "last_epoch": ch["last_epoch"],
-               **{f"{n}_{k}": changes[n][k] for n in names for k in ("first", "at_tpt", "last")}}
-    if ch["last_epoch"] is None:
-        return None, "not measured", numbers
-    if ch["tpt_snapshot"] is None:
-        return None, "TPT not reached", numbers
-    if ch["tpt_snapshot"] >= ch["last_epoch"]:
-        return None, "TPT at the last epoch", numbers
-    if figure == "fig6":
-        drop = ch["first"] / ch["last"] if ch["last"] > 0 else np.inf
-        held = drop >= ORDER_OF_MAGNITUDE and ch["last"] < ch["at_tpt"]
-        return bool(held), f"{ch['at_tpt']:.3g}→{ch['last']:.3g}\n÷{drop:.3g} from 1st", numbers
-    if figure == "fig7":
-        held = ch["last"] < NCC_THRESHOLD and ch["last"] <= ch["at_tpt"]
-        return bool(held), f"{ch['at_tpt']:.3f}→{ch['last']:.3f}", numbers
-    if figure == "fig8":
-        return bool(ch["last"] > ch["at_tpt"]), f"{ch['at_tpt']:.3g}→{ch['last']:.3g}", numbers
-    held = all(changes[n]["last"] < changes[n]["at_tpt"] for n in names)
-    text = "\n".join(f"{changes[n]['at_tpt']:.3g}→{changes[n]['last']:.3g}" for n in names)
-    return bool(held), text, numbers
+    checked (CLAIMS[figure].rule_text says what is checked)."""
+    return CLAIMS[figure](c)
 
 
 VERDICTS = ("held", "some", "not held", "not checkable")  # in all checkable seeds, in some, in none; none checkable
-HELD_MARK = {True: "✓", False: "✗", None: "–"}  # one run's claim: held, did not hold, not checkable
-HELD_WORD = {True: "held", False: "did not hold", None: "not checkable"}
 
 
 def verdict(k: int, n: int) -> str:
@@ -191,7 +222,7 @@ def claims(profile: xr.Dataset) -> list[dict]:
     dataset (column), family (row), network, k (seeds where it held), n (seeds where it could be checked),
     n_seeds, verdict (VERDICTS), held (True: in every checkable seed, False: not in every one, None: not
     checkable, e.g. TPT never reached), text (the numbers of a one-seed cell; the per-seed verdicts otherwise) and
-    per_seed [{seed, held, text, numbers}]. The rules are CLAIMS[figure][1]."""
+    per_seed [{seed, held, text, numbers}]. The rules are CLAIMS[figure].rule_text."""
     out = []
     for figure in CLAIMS:
         for col, row, c in cells(profile):

@@ -129,9 +129,9 @@ def claims_markdown(claim_rows: list[dict]) -> str:
     several = any(r["n_seeds"] > 1 for r in claim_rows)
     lines = ["| claim | rule | held | " + ("held in some seeds | " if several else "") + "did not hold | "
              "not checkable |", "|---|---|---|" + ("---|" if several else "") + "---|---|"]
-    for figure, (_, rule) in analysis.CLAIMS.items():
+    for figure, c in analysis.CLAIMS.items():
         v = [r["verdict"] for r in claim_rows if r["figure"] == figure]
-        rule = rule.replace("|", "\\|")  # a literal | inside a Markdown table cell
+        rule = c.rule_text.replace("|", "\\|")  # a literal | inside a Markdown table cell
         some = f"{v.count('some')} | " if several else ""
         lines.append(f"| {PAGE_TITLES[figure]} | {rule} | {v.count('held')} | {some}{v.count('not held')} | "
                      f"{v.count('not checkable')} |")

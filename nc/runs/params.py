@@ -27,6 +27,7 @@ from nc.train import losses
 
 PRECISIONS = ("float32", "tf32", "bf16")
 LOSSES = losses.LOSSES  # the registry (nc.train.losses): a loss registered there is a valid value here
+ETF_BIASES = models.ETF_BIASES
 REQUIRED = object()
 
 
@@ -92,7 +93,10 @@ SCHEMA = {
     "memory_efficient": Key(False, lambda v: isinstance(v, bool), "true or false", False),
     "loss": Key("cross_entropy", _one_of(LOSSES), " or ".join(loss.description for loss in LOSSES.values())),
     "classifier": Key("learned", _one_of(CLASSIFIERS),
-                      "learned or fixed_etf (the last layer frozen at a seeded simplex ETF, bias 0; Zhu et al. 2021)"),
+                      "learned or fixed_etf (the last layer's weight frozen at a seeded simplex ETF; Zhu et al. 2021)"),
+    "fixed_etf_bias": Key("train", _one_of(ETF_BIASES),
+                          "train (a fixed ETF classifier's bias is trained, as Zhu et al.'s code) or zero (frozen at "
+                          "0)"),
     "feature_dim": Key(None, _opt(_pos_int), "null or a positive integer p: a linear projection to p features "
                        "before the classifier (Zhu et al. use p = C)"),
     "momentum": Key(0.9, lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),

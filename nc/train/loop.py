@@ -156,6 +156,7 @@ def build_model(params: dict, num_classes: int, in_channels: int, image_size: in
                          image_size=image_size, width=params["width"],
                          memory_efficient=params["memory_efficient"], growth_rate=params["growth_rate"],
                          stem=params["stem"], classifier=params["classifier"], etf_seed=seed,
+                         etf_bias=params["fixed_etf_bias"],
                          feature_dim=params["feature_dim"])
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
