@@ -336,25 +336,8 @@ def test_paper_values_match_the_papers_text_row_by_row():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The notebooks on a tiny real run (about 7 s of training on 2 CPU cores, then ~6 s per notebook).
-
-@pytest.fixture(scope="module")
-def tiny_cubes(tmp_path_factory):
-    import torch
-
-    from nc import runs
-    from nc.runs import params
-
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("cubes")
-    run = {"dataset": "demo", "network": "vgg11", "width": 0.25, "n_per_class": 50, "test_n_per_class": 10,
-           "image_size": 16, "epochs": 16, "lrs": [0.05], "lr_milestones": [0.6, 0.8], "snapshot_epochs": 8,
-           "robustness_images": 5, "fig1_samples": 5, "device": "cpu"}
-    p = params.validate(run, "tiny")
-    p["profile"] = "tiny"
-    runs.run(p, out, progress=False)
-    return out
-
+# The notebooks on a tiny real run (conftest.py's tiny_cubes: about 7 s of training on 2 CPU cores, then ~6 s per
+# notebook).
 
 def execute(name, cubes, tmp_path):
     import jupytext
