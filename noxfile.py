@@ -1,4 +1,4 @@
-"""Sessions: tests, reproduce, book, bench, lint.
+"""Sessions: tests, reproduce, book, lab, bench, lint.
 
 Every session shares one virtual environment (.nox/nc-env): the heavy packages (PyTorch, Jupyter Book)
 are installed once and reinstalled only when pyproject.toml changes. Set NC_TORCH to choose the
@@ -7,12 +7,14 @@ PyTorch requirement (default: the pinned pair below; e.g. NC_TORCH="torch torchv
     nox -s reproduce                      # the offline demo: train, measure, render the book
     nox -s reproduce -- quick             # another profile (parameters/<profile>/)
     nox -s book -- demo                   # re-render from existing cubes
+    nox -s lab -- figures/fig6            # edit and run the notebooks in JupyterLab (default: the intro)
     nox -s tests                          # the test suite (CPU)
     nox -s bench                          # images/s and measurement cost, written to bench/
 """
 import hashlib
 import os
 import sys
+import tomllib
 from pathlib import Path
 
 import nox
@@ -60,6 +62,16 @@ def book(session):
     """Re-execute the figure notebooks and rebuild the HTML from a profile's existing cubes."""
     py = _python(session)
     session.run(py, "-m", "nc.book", "build", *(session.posargs or ["demo"]), external=True)
+
+
+@nox.session
+def lab(session):
+    """JupyterLab on the book's notebooks (python -m nc.lab): `-- [page] [jupyter lab options]`, default the intro;
+    installs the [lab] extra (jupyterlab, jupytext) into the shared environment first."""
+    py = _python(session)
+    lab_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["lab"]
+    session.run(py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *lab_extra, external=True)
+    session.run(py, "-m", "nc.lab", *session.posargs, external=True)
 
 
 @nox.session

@@ -3,12 +3,11 @@ and the follow-up profile's runs (cubes/followups/), each run seed at its select
 Only current cubes are read; a stale or unreadable one is left out (the intro lists it)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import xarray as xr
 import yaml
 
+from nc import paths
 from nc.runs import cube
 
 FOLLOWUPS = "followups"  # the profile whose runs the follow-up pages read
@@ -23,7 +22,7 @@ def depth_cells(cube_dir, every_seed: bool = False) -> list[dict]:
     layer_widths, stages, epochs, nc1, trace_ratio, ncc_acc_train, ncc_acc_test (stage x layer), rho, r2 (stage),
     classes}."""
     out = []
-    for path in sorted(Path(cube_dir).glob("*.nc")):
+    for path in sorted(paths.resolve(cube_dir).glob("*.nc")):
         try:
             with xr.open_dataset(path, engine="netcdf4") as ds:
                 if cube.stale_reason(ds) or "depth_nc1" not in ds or ds.sizes.get("layer", 0) == 0:
@@ -50,7 +49,7 @@ def _depth_cell(path, ds: xr.Dataset, seed: int, n_seeds: int) -> dict:
 def followup_seeds(followups_dir) -> list[int]:
     """The run seeds every current follow-up cube has (the follow-up claims compare runs of the same seed)."""
     common = None
-    for path in sorted(Path(followups_dir).glob("*.nc")):
+    for path in sorted(paths.resolve(followups_dir).glob("*.nc")):
         try:
             with xr.open_dataset(path, engine="netcdf4") as ds:
                 if cube.stale_reason(ds):
@@ -66,7 +65,7 @@ def followup_runs(followups_dir, seed: int | None = None) -> dict[str, xr.Datase
     """The follow-up runs' cubes (current ones only), a run seed (default each cube's first) at its selected lr,
     keyed by parameter file name, each with its parameters as attrs['params'] (a dict)."""
     runs = {}
-    for path in sorted(Path(followups_dir).glob("*.nc")):
+    for path in sorted(paths.resolve(followups_dir).glob("*.nc")):
         try:
             ds = cube.open_cube(path)
         except cube.CubeError:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from nc import data, models
+from nc import data, models, paths
 from nc.data import TITLES, column_of
 from nc.runs import cube
 from nc.train.loop import FIG1_PAPER_EPOCHS, fig1_epochs
@@ -25,17 +25,19 @@ FIG1_SHADES = {"means": ("#9ecae1", "#3182bd", "#08306b"), "classifiers": ("#fc9
 
 def fig1_cube(cube_dir, run: str | None = None) -> Path:
     """The cube Fig. 1 is drawn from: `run` (a file stem such as 'cifar10-vgg13') if given, else the VGG run of
-    the first dataset column present (the paper used VGG13), else the first run of that column."""
-    paths = sorted(Path(cube_dir).glob("*.nc"))
+    the first dataset column present (the paper used VGG13), else the first run of that column. A relative
+    `cube_dir` is read against the repository root (nc.paths.resolve)."""
+    cube_dir = paths.resolve(cube_dir)
+    files = sorted(cube_dir.glob("*.nc"))
     if run is not None:
-        path = Path(cube_dir) / (run if run.endswith(".nc") else f"{run}.nc")
+        path = cube_dir / (run if run.endswith(".nc") else f"{run}.nc")
         if not path.is_file():
-            raise FileNotFoundError(f"no cube {path}; runs here: {', '.join(p.stem for p in paths)}")
+            raise FileNotFoundError(f"no cube {path}; runs here: {', '.join(p.stem for p in files)}")
         return path
-    if not paths:
+    if not files:
         raise FileNotFoundError(f"no cubes (*.nc) in {cube_dir}")
     keys = []
-    for p in paths:
+    for p in files:
         with cube.opened(p) as ds:
             d, n = ds.attrs["dataset"], ds.attrs["network"]
         col = column_of(d)

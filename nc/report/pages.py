@@ -46,7 +46,8 @@ def show_summary(prof, name: str) -> None:
 
 def setup(profile: str, cube_dir, variables=None):
     """Open a figure page: the profile's grid (nc.report.profiles.open_profile with `variables`, default every per-epoch
-    and snapshot variable), after displaying one line on what it holds and a note on any stale cube."""
+    and snapshot variable), after displaying one line on what it holds and a note on any stale cube. A relative
+    `cube_dir` is read against the repository root, whatever the kernel's working directory; an absolute one as is."""
     from IPython.display import Markdown, display
 
     from nc.report import profiles as profile_mod
@@ -58,7 +59,7 @@ def setup(profile: str, cube_dir, variables=None):
         text = (f"Profile **{profile}**: {n} dataset × network cell(s) with a run; cells without one were not "
                 "run in this profile or their data is missing (see the intro).")
     else:
-        text = f"Profile **{profile}** has no current cube yet: `nox -s reproduce -- {profile}` fills this page."
+        text = profile_mod.no_cube_text(profile, cube_dir)
     stale = profile_mod.stale_cubes(prof)
     if stale:
         text += "\n\n**Not shown (stale):** " + "; ".join(

@@ -8,7 +8,9 @@ net; `seed` the union of the cells' run seeds (NaN where a cell lacks one; `seed
 `epoch` is the union of the cells' epochs (NaN past a cell's end). Cells that did not run are absent from the
 coordinates. Two cubes in one grid cell (two ResNets on one dataset) are an error naming both files. Cubes of an
 older format are left out and listed in `attrs["stale"]` with the reason and the command that rebuilds them, never
-half-read; a folder with no current cube gives an empty grid, which every page draws as "no run".
+half-read; a folder with no current cube gives an empty grid, which every page draws as "no run" (and
+`no_cube_text` says where it looked and what fills it). A relative folder is read against the repository root
+(nc.paths.resolve), whatever the working directory: JupyterLab starts a notebook's kernel in the notebook's folder.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from nc import data, models
+from nc import data, models, paths
 from nc.data import column_of
 from nc.runs import cube
 
@@ -62,8 +64,9 @@ def empty_profile(variables) -> xr.Dataset:
 
 
 def open_profile(directory, variables=cube.EPOCH_VARS + cube.SNAPSHOT_VARS) -> xr.Dataset:
-    """Every current cube of a profile's folder as one grid Dataset (see the module docstring)."""
-    directory = Path(directory)
+    """Every current cube of a profile's folder as one grid Dataset (see the module docstring); attrs["directory"]
+    is the absolute folder read."""
+    directory = paths.resolve(directory)
     cells, where, stale = {}, {}, []
     for path in sorted(directory.glob("*.nc")):
         cell, reason = _read_cell(path, variables)
@@ -139,4 +142,19 @@ def snapshot_series(c: xr.Dataset, name: str) -> xr.DataArray:
 
 def missing_cells(directory) -> list[dict]:
     """The `.missing.json` markers of a folder: cells whose data was not available."""
-    return [json.loads(m.read_text()) for m in sorted(Path(directory).glob("*.missing.json"))]
+    return [json.loads(m.read_text()) for m in sorted(paths.resolve(directory).glob("*.missing.json"))]
+
+
+def fill_command(profile: str, directory) -> str:
+    """The command that writes profile `profile`'s cubes into `directory`: `nox -s reproduce` for its own folder
+    cubes/<profile>/, else nc.sweep with --cube-dir (both run in the repository root)."""
+    directory = paths.resolve(directory)
+    if directory == paths.cube_dir(profile):
+        return f"nox -s reproduce -- {profile}"
+    return f"python -m nc.sweep parameters/{profile} --cube-dir {directory}"
+
+
+def no_cube_text(profile: str, directory) -> str:
+    """What a page says when `directory` holds no current cube: the absolute folder and the command that fills it."""
+    return (f"Profile **{profile}** has no current cube in `{paths.resolve(directory)}`: "
+            f"`{fill_command(profile, directory)}` (run in `{paths.ROOT}`) fills this page.")

@@ -5,13 +5,11 @@ A cell with several run seeds shows each number as the median over its seeds wit
 (`spread`), and each verdict as "k of n"."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import xarray as xr
 import yaml
 
-from nc import data, models
+from nc import data, models, paths
 from nc.data import TITLES
 from nc.report import analysis
 from nc.report.catalog import TITLES as PAGE_TITLES
@@ -168,10 +166,11 @@ RUNS_HEADER = ("| dataset | network | train / test images, shape | epochs | lrs 
 
 def runs_table(cube_dir, parameters_dir) -> dict:
     """The intro's account of a profile: one Markdown row per cell (a cube, a missing dataset, a stale cube or a
-    parameter file not run yet), the devices, the summed training minutes and the cells of each kind."""
+    parameter file not run yet), the devices, the summed training minutes and the cells of each kind. Relative
+    folders are read against the repository root (nc.paths.resolve)."""
     rows, total, devices, stale = [], 0.0, set(), []
     done = set()
-    for path in sorted(Path(cube_dir).glob("*.nc")):
+    for path in sorted(paths.resolve(cube_dir).glob("*.nc")):
         try:
             ds = cube.open_cube(path)
         except cube.CubeError as err:
@@ -204,7 +203,7 @@ def runs_table(cube_dir, parameters_dir) -> dict:
         done.add(name)
         dataset, network = name.split("-", 1)
         rows.append(f"| {TITLES.get(dataset, dataset)} | {network} | | | | | | | stale | | |")
-    not_run = [f.stem for f in params_mod.profile_files(parameters_dir) if f.stem not in done]
+    not_run = [f.stem for f in params_mod.profile_files(paths.resolve(parameters_dir)) if f.stem not in done]
     for name in not_run:
         dataset, network = name.split("-", 1)
         rows.append(f"| {TITLES.get(dataset, dataset)} | {network} | | | | | | | not run | | |")
