@@ -6,6 +6,7 @@ digits per class at 16 x 16, a few epochs, one lr. `tiny(**over)` validates it w
 file would be. `tiny_cubes` is a cube folder of one longer run (16 epochs, 8 snapshots, a TPT) that the notebook
 tests execute the pages on.
 """
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,13 @@ def tiny_cubes(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains `text` (Linux /proc; a zombie's command line is empty)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if text.encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+    return pids

@@ -23,6 +23,7 @@ import pytest
 import slurm_cluster
 import torch
 import yaml
+from conftest import processes_mentioning
 
 from nc import runs
 from nc.runs import cube, jobs, params, sweep
@@ -257,7 +258,7 @@ def test_a_stopped_driver_exits_only_after_its_slurm_jobs_are_gone(cluster, prof
     ids = [_record(profile, cubes, lr)["job_id"] for lr in TINY["lrs"]]
     driver.send_signal(signal.SIGTERM)
     status, out = _finish(driver, log)
-    live, left = _live(cluster, ids), _processes_mentioning(str(cubes / "logs"))
+    live, left = _live(cluster, ids), processes_mentioning(str(cubes / "logs"))
     assert live == {} and left == [], (live, left, out)
     assert status != 0
     assert "stopping 2 job(s) before exiting" in out and "2 job(s) stopped" in out, out
@@ -320,16 +321,6 @@ def test_a_scancelled_job_is_reported_and_resumed_by_a_rerun(cluster, profile, t
     wall = got["wall_time"].sel(seed=0)
     assert wall.sel(lr=held).item() >= TAMPERED_WALL_TIME > wall.sel(lr=other).item()
     _assert_same_cube(got, profile["local"])
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    """PIDs whose command line contains `text` (Linux /proc; a zombie's command line is empty)."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            if text.encode() in cmdline.read_bytes():
-                pids.append(int(cmdline.parent.name))
-    return pids
 
 
 def _live(cluster, ids) -> dict:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import processes_mentioning
 
 from nc import models, runs
 from nc.runs import cube, executors, jobs, params, sweep
@@ -392,16 +393,6 @@ def test_every_cell_has_a_feature_space_of_rank_c_minus_1(profile):
     assert not short, short
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    """PIDs whose command line contains `text` (Linux /proc; a zombie's command line is empty)."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            if text.encode() in cmdline.read_bytes():
-                pids.append(int(cmdline.parent.name))
-    return pids
-
-
 @pytest.fixture
 def long_sweep(tmp_path):
     """A driver (its own session, as a shell starts one) running one job of 100,000 epochs, once the job is in
@@ -433,12 +424,12 @@ def long_sweep(tmp_path):
         while not training() and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert training(), f"the job never started training:\n{log.read_text()}"
-        assert _processes_mentioning(logs), "no job process found"
+        assert processes_mentioning(logs), "no job process found"
         yield {"driver": driver, "logs": logs, "log": log, "cubes": cubes, "record": record}
     finally:
         driver.kill()
         driver.wait()
-        for pid in _processes_mentioning(logs):
+        for pid in processes_mentioning(logs):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -454,7 +445,7 @@ def test_a_stopped_driver_exits_only_after_its_jobs_are_gone(long_sweep, how):
     else:  # a terminal's Ctrl-C: SIGINT to the driver's whole process group
         os.killpg(driver.pid, signal.SIGINT)
     status = driver.wait(timeout=2 * jobs.STOP_WAIT_S + DEADLINE_S)
-    left = _processes_mentioning(long_sweep["logs"])
+    left = processes_mentioning(long_sweep["logs"])
     out = long_sweep["log"].read_text()
     assert left == [], f"job processes outlived the stopped driver:\n{out}"
     assert status != 0
@@ -467,13 +458,13 @@ def test_a_sigkilled_drivers_local_jobs_die_with_it(long_sweep):
     kernel signals them as the driver dies: this is the one wait that polls). The job was recorded at submit time."""
     record = json.loads(long_sweep["record"].read_text())
     assert record["executor"] == "local"
-    assert int(record["job_id"]) in _processes_mentioning(long_sweep["logs"])  # the job's controller, running
+    assert int(record["job_id"]) in processes_mentioning(long_sweep["logs"])  # the job's controller, running
     long_sweep["driver"].send_signal(signal.SIGKILL)
     assert long_sweep["driver"].wait() == -signal.SIGKILL
     deadline = time.monotonic() + DEADLINE_S
-    while _processes_mentioning(long_sweep["logs"]) and time.monotonic() < deadline:
+    while processes_mentioning(long_sweep["logs"]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _processes_mentioning(long_sweep["logs"]) == [], "job processes outlived the SIGKILLed driver"
+    assert processes_mentioning(long_sweep["logs"]) == [], "job processes outlived the SIGKILLed driver"
 
 
 STOP_CELLS = ("demo-vgg11", "demo-vgg13")  # one lr each; with one job at a time, vgg11's part is done before vgg13's
@@ -531,7 +522,7 @@ def stopped(tmp_path_factory):
     finally:
         proc.kill()
     run["sigterm_out"] = log.read_text()
-    run["sigterm_left"] = _processes_mentioning(str(cubes / "logs"))
+    run["sigterm_left"] = processes_mentioning(str(cubes / "logs"))
     run["sigterm_cube"] = cube.open_cube(cubes / "demo-vgg11.nc") if (cubes / "demo-vgg11.nc").is_file() else None
     # 2. --deadline, with the first cell's cube gone (its part is finished)
     (cubes / "demo-vgg11.nc").unlink(missing_ok=True)
@@ -544,7 +535,7 @@ def stopped(tmp_path_factory):
         proc.kill()
     run["deadline_given"], run["deadline_exited"] = given + jobs.STOP_MARGIN_S + 15, time.time()
     run["deadline_out"] = log.read_text()
-    run["deadline_left"] = _processes_mentioning(str(cubes / "logs"))
+    run["deadline_left"] = processes_mentioning(str(cubes / "logs"))
     run["deadline_cube"] = cube.open_cube(cubes / "demo-vgg11.nc") if (cubes / "demo-vgg11.nc").is_file() else None
     # 3. the re-run, nothing held: the held cell resumes from its checkpoint
     run["resumed_from"] = _epochs_in_checkpoint(held_ckpt)
