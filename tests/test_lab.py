@@ -58,7 +58,7 @@ def execute_in_own_folder(source: Path, parameters: dict, tmp_path: Path) -> tup
     return images, text
 
 
-@pytest.mark.parametrize("name", [p.name for p in pages.PAGES])
+@pytest.mark.parametrize("name", [p.name for p in pages.book_pages()])
 def test_each_figure_page_runs_in_its_own_folder_on_root_relative_cubes(name, tiny_cubes, tmp_path):
     rel = relative_to_root(tiny_cubes, FIGURES)
     parameters = {"profile": "tiny", "cube_dir": rel}

@@ -367,7 +367,7 @@ def test_grid_page_summary_is_the_cubes_values(name, tiny_cubes, tmp_path):
     assert len(images) == 1
     ds = cube.open_cube(tiny_cubes / "demo-vgg11.nc").sel(lr=0.05, seed=0)
     tpt = float(ds["tpt_epoch"])
-    for variable, _, _ in pages.GRID_PAGES[name][0]:
+    for variable, _, _ in pages.FIGURES[name].curves:
         s = ds[variable].dropna("epoch")
         first, last = float(s[0]), float(s[-1])
         at = s.where(s["epoch"] >= tpt, drop=True) if np.isfinite(tpt) else xr.DataArray([])

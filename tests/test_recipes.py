@@ -85,3 +85,62 @@ def test_a_network_registered_the_documented_way_trains_in_its_row(tmp_path):
     finally:
         models.REGISTRY.pop("mlp16", None)
         models.NETWORKS.remove("mlp16")
+
+
+def test_a_metric_registered_the_documented_way_reaches_the_cube_the_run_page_a_figure_page_and_the_api(tmp_path,
+                                                                                                      monkeypatch):
+    """README "Adding a metric": one `register` call on a function of the moments, one `figure` entry. The measure
+    here is Tr(Sigma_B) = ||M||_F^2 / C, whose closed form the cube's stored geometry gives back."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from nc.measure import collapse, registry
+    from nc.report import catalog, pages, run_page
+
+    @registry.register("between_trace", "trace of the between-class covariance", "feature units squared",
+                       "Tr(Sigma_B) = ||M||_F^2 / C, M = [mu_c - mu_G], train features")
+    def between_trace(moments, W, test):
+        M = moments.class_means - moments.global_mean
+        return float((M * M).sum() / M.shape[0])
+
+    catalog.figure("between_trace", [("between_trace", "means", "Tr Σ_B")], "Tr Σ_B", log=True)
+    try:
+        with pytest.raises(ValueError, match="exists already"):
+            registry.register("nc1", "again", "1", "again")
+        p = tiny("demo-vgg11", epochs=3, snapshot_epochs=[1, 3])
+        p.update(name="demo-vgg11", profile="mine")
+        ds = cube.open_cube(runs.run(p, tmp_path, progress=False))
+        v = ds["between_trace"]
+        assert v.dims == cube.LE and v.attrs["units"] == "feature units squared"
+        assert v.attrs["definition"].startswith("Tr(Sigma_B)")
+        sel = cube.selected(ds)
+        values = sel["between_trace"].values
+        assert np.isnan(values[1]) and np.isfinite(values[[0, 2]]).all()  # at the snapshots only
+        for s, epoch in enumerate(sel["geometry_epoch"].values):  # the closed form on the stored geometry
+            M = ds["class_means"].isel(geometry=s).values - ds["global_mean"].isel(geometry=s).values
+            assert values[epoch - 1] == pytest.approx((M ** 2).sum() / M.shape[0], rel=1e-12)
+
+        fig = run_page.metrics_figure(sel)  # the run page: a panel titled by the measure's long name
+        assert "trace of the between-class covariance" in [ax.get_title() for ax in fig.axes]
+        plt.close(fig)
+
+        assert "more" in [page.name for page in pages.book_pages()]  # the "More measures" page is now in the book
+        prof = pages.setup("mine", tmp_path, cube.EPOCH_VARS + cube.SNAPSHOT_VARS + pages.figure_variables("more"))
+        before = set(plt.get_fignums())
+        monkeypatch.setattr(plt, "show", lambda: None)  # keep the figure open to look at it
+        pages.show_page_figures(prof, "more")
+        drawn = [plt.figure(n) for n in set(plt.get_fignums()) - before]
+        assert drawn and any(ax.get_ylabel().endswith("Tr Σ_B") and ax.get_yscale() == "log"
+                             for f in drawn for ax in f.axes)
+        plt.close("all")
+
+        x = torch.randn(60, 5, dtype=torch.float64)  # the any-network API computes it too, by the same function
+        y = torch.arange(60) % 3
+        head = nn.Linear(5, 3).double()
+        out = collapse(nn.Sequential(nn.Identity(), head), [(x, y)], progress=False)
+        mu = torch.stack([x[y == c].mean(0) for c in range(3)])
+        assert float(out["between_trace"]) == pytest.approx(float(((mu - mu.mean(0)) ** 2).sum() / 3), rel=1e-12)
+    finally:
+        registry.unregister("between_trace")
+        catalog.FIGURES.pop("between_trace")
+    assert "between_trace" not in cube.variables_mod.snapshot_names("cross_entropy")

@@ -1,11 +1,15 @@
 """The measures' names, long names, units and definitions: one list, read by the training run's record schema
 (nc.train.variables, hence the cube) and by the any-network API (nc.measure.api), so that both say the same thing.
 
-The definitions are the owners' (nc.measure.paper.DEFINITIONS, nc.measure.followups.DEFINITIONS): a measure added
-there appears here, in the cube and in the API's Dataset. Every measure here is a number per snapshot.
+The definitions are the owners' (nc.measure.paper.DEFINITIONS, nc.measure.followups.DEFINITIONS). A new measure is
+one `register` call on a function of the float64 moments (README, "Adding a metric"): it is then computed at every
+snapshot of a training run, written to the cube, drawn on the run page and returned by the API (`compute` serves
+both callers). Every measure here is a number per snapshot.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 from nc.measure import followups, paper
@@ -27,6 +31,51 @@ MEASURES = {
     "within_trace": Measure("trace of the within-class covariance", "feature units squared", WITHIN_TRACE),
     **{k: Measure(k.replace("_", " "), "1", followups.DEFINITIONS[k]) for k in followups.FOLLOWUP_METRICS},
 }
+
+# measures added by `register`: name -> fn(moments, W, test) -> float (computed after the built-in ones)
+ADDED: dict[str, Callable] = {}
+
+
+def register(name: str, long_name: str, units: str, definition: str):
+    """Decorator: `fn(moments, W, test)` becomes the measure `name`. `moments` are the train set's float64 moments
+    (nc.measure.moments.Moments: class_means (C, p), global_mean, within_cov_means, counts, ...), `W` the classifier
+    (C, p) float64, `test` the test set's moments about the train means (nc.measure.followups.TestMoments) or None
+    without a test set. `definition` is the formula as the cube's attribute states it; `units` its unit ("1" for a
+    ratio)."""
+    if not (isinstance(name, str) and name.isidentifier()):
+        raise ValueError(f"register: name={name!r} is not a Python identifier (it becomes a cube variable)")
+    for arg, value in (("long_name", long_name), ("units", units), ("definition", definition)):
+        if not isinstance(value, str):
+            raise TypeError(f"register({name!r}): {arg}={value!r} is not a string")
+    if name in MEASURES:
+        raise ValueError(f"register: a measure named {name!r} exists already")
+
+    def decorate(fn: Callable) -> Callable:
+        MEASURES[name] = Measure(long_name, units, definition)
+        ADDED[name] = fn
+        return fn
+    return decorate
+
+
+def unregister(name: str) -> None:
+    """Remove a measure added by `register` (tests; a built-in measure cannot be removed)."""
+    if name not in ADDED:
+        raise KeyError(f"unregister: {name!r} was not added by register (added: {sorted(ADDED)})")
+    del ADDED[name], MEASURES[name]
+
+
+def compute(moments, W, test=None, ncc_mismatch: float = math.nan) -> dict:
+    """Every measure of MEASURES by name, from the float64 moments: the paper's (nc.measure.paper), the follow-ups'
+    (nc.measure.followups; NaN where they need `test`) and the registered ones. `robustness` is NaN here: DeepFool
+    needs the network, its caller fills it in. One function for both callers, a training snapshot
+    (nc.train.snapshot) and the any-network API (nc.measure.result)."""
+    out = paper.metrics_from_moments(moments, W, ncc_mismatch)
+    out.update(followups.followup_metrics(moments, W, test))
+    out.update(within_trace=moments.within_trace, robustness=math.nan)
+    for name, fn in ADDED.items():
+        out[name] = float(fn(moments, W, test))
+    return {k: out[k] for k in MEASURES}
+
 
 # the geometry the API returns beside the measures (the cube stores the same arrays at its snapshots)
 GEOMETRY = {

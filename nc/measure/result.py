@@ -9,7 +9,7 @@ import math
 import numpy as np
 import xarray as xr
 
-from nc.measure import followups, paper, registry
+from nc.measure import registry
 from nc.measure.stats import TestStats, TrainStats
 
 CLASSIFIER_MEASURES = ("equinorm_classifiers", "equiangular_classifiers", "maxangle_classifiers", "self_duality",
@@ -21,12 +21,11 @@ def measures(train: TrainStats, moments, test: TestStats | None = None, robustne
     W = train.W if train.W is not None else (moments.class_means - moments.global_mean)  # a stand-in, then NaN
     n_test = int(test.seen) if test is not None else 0
     mismatch = int(test.disagree) / n_test if n_test and train.W is not None else math.nan
-    out = paper.metrics_from_moments(moments, W, mismatch)
-    out.update(followups.followup_metrics(moments, W, test.acc.finalize() if n_test else None))
-    out.update(within_trace=moments.within_trace, robustness=robustness)
+    out = registry.compute(moments, W, test.acc.finalize() if n_test else None, mismatch)
+    out["robustness"] = robustness
     if train.W is None:
         out.update(dict.fromkeys(CLASSIFIER_MEASURES, math.nan))
-    return {k: out[k] for k in registry.MEASURES}
+    return out
 
 
 def dataset(train: TrainStats, moments, test: TestStats | None = None, robustness: float = math.nan) -> xr.Dataset:

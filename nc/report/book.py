@@ -198,7 +198,7 @@ def figures(profile: str, cubes: Path, out: Path, parameters: Path | None = None
              "parameters": args | {"parameters_dir": _rel(parameters or ROOT / "parameters" / profile)}}]
     jobs += [{"source": BOOK / "figures" / f"{page.name}.md", "out": out / "figures" / f"{page.name}.ipynb",
               "name": f"figures/{page.name}", "title": page.title,
-              "parameters": after if page.part == pages.AFTER else args} for page in pages.PAGES]
+              "parameters": after if page.part == pages.AFTER else args} for page in pages.book_pages()]
     jobs += [{"source": BOOK / f"{name}.md", "out": out / f"{name}.ipynb", "name": name, "parameters": {}}
              for name in EXTRA if (BOOK / f"{name}.md").is_file()]
     print(f"executing {len(jobs)} pages, {parallel or usable_cores()} at a time", flush=True)
@@ -215,8 +215,8 @@ def write_toc(d: Path) -> None:
     for extra in ("references.bib", *STATIC):
         if (BOOK / extra).is_file():
             shutil.copy(BOOK / extra, d / extra)
-    built = {p.name for p in pages.PAGES if (d / "figures" / f"{p.name}.ipynb").is_file()}
-    parts = [(part, [f"figures/{p.name}" for p in pages.PAGES if p.part == part and p.name in built])
+    built = {p.name for p in pages.book_pages() if (d / "figures" / f"{p.name}.ipynb").is_file()}
+    parts = [(part, [f"figures/{p.name}" for p in pages.book_pages() if p.part == part and p.name in built])
              for part in (pages.PAPER, pages.AFTER)]
     runs = sorted(f"runs/{p.stem}" for p in (d / "runs").glob("*.ipynb"))
     followup_runs = sorted(f"{RUN_FOLDERS[FOLLOWUPS]}/{p.stem}" for p in (d / RUN_FOLDERS[FOLLOWUPS]).glob("*.ipynb"))

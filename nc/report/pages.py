@@ -4,20 +4,33 @@ nc.report.catalog). `setup` is the one call that opens a figure page: it reads t
 """
 from __future__ import annotations
 
-from nc.report.catalog import AFTER, GRID_PAGES, PAGES, PAPER, TITLES, Page, index_html  # noqa: F401
+from nc.report.catalog import (  # noqa: F401
+    AFTER,
+    FIGURES,
+    GRID_PAGES,
+    MORE,
+    PAGES,
+    PAPER,
+    TITLES,
+    Page,
+    book_pages,
+    figures_on,
+    index_html,
+)
 
 
 def show_grid(prof, name: str, full: bool | None = None) -> None:
-    """Draw a grid page's figure (GRID_PAGES[name]) and show it."""
+    """Draw a grid figure (FIGURES[name]: its curves, y label and scale) and show it."""
     import matplotlib.pyplot as plt
 
     from nc.report import grid
 
-    curves, ylabel, logy, _ = GRID_PAGES[name]
+    fig = FIGURES[name]
     colours = {"means": grid.BLUE, "classifiers": grid.ORANGE}
-    if "test_acc_percent" in (v for v, _, _ in curves):
+    if "test_acc_percent" in (v for v, _, _ in fig.curves):
         prof = prof.assign(test_acc_percent=prof["test_acc"] * 100)
-    grid.grid(prof, [(v, colours.get(c, c), label) for v, c, label in curves], ylabel=ylabel, logy=logy, full=full)
+    grid.grid(prof, [(v, colours.get(c, c), label) for v, c, label in fig.curves], ylabel=fig.ylabel, logy=fig.log,
+              full=full)
     plt.show()
     show_seed_caption(prof)
 
@@ -40,8 +53,29 @@ def show_summary(prof, name: str) -> None:
 
     from nc.report import reports
 
-    curves, _, _, label = GRID_PAGES[name]
-    display(Markdown(reports.summary_markdown(prof, [v for v, _, _ in curves], label)))
+    fig = FIGURES[name]
+    display(Markdown(reports.summary_markdown(prof, [v for v, _, _ in fig.curves], fig.label)))
+
+
+def show_page_figures(prof, page: str) -> None:
+    """Every figure declared for `page` (nc.report.catalog.FIGURES), each with its summary; on the "More measures"
+    page, the figures added with nc.report.catalog.figure. A variable no cube of the profile has is named, not
+    drawn."""
+    from IPython.display import Markdown, display
+
+    names = figures_on(page)
+    if not names:
+        display(Markdown("No figure is declared for this page: `nc.report.catalog.figure(...)` adds one "
+                         "(README, \"Adding a metric\")."))
+    for name in names:
+        display(Markdown(f"### {name.replace('_', ' ')}"))
+        show_grid(prof, name)
+        show_summary(prof, name)
+
+
+def figure_variables(page: str) -> tuple:
+    """The cube variables the figures declared for `page` draw (read by `setup` beside the built-in ones)."""
+    return tuple(dict.fromkeys(v for name in figures_on(page) for v, _, _ in FIGURES[name].curves))
 
 
 def setup(profile: str, cube_dir, variables=None):

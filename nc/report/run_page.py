@@ -1,8 +1,9 @@
 """One run's page (book/train.md): its learning rates, loss and accuracy curves, and a panel per snapshot measure.
 
-The panels loop over nc.runs.cube.SNAPSHOT_VARS, so a new snapshot metric appears on every run page without a notebook
-edit: a `<name>_means` / `<name>_classifiers` pair shares a panel (blue / orange, as in the paper), and a measure
-spanning more than two decades is drawn on a log scale.
+The panels loop over the cube's snapshot variables (the built-in ones, nc.runs.cube.SNAPSHOT_VARS, then any other
+variable on (lr, seed, epoch) the cube carries: a measure added with nc.measure.registry.register), so a new snapshot
+metric appears on every run page without a notebook edit: a `<name>_means` / `<name>_classifiers` pair shares a panel
+(blue / orange, as in the paper), and a measure spanning more than two decades is drawn on a log scale.
 """
 from __future__ import annotations
 
@@ -72,8 +73,9 @@ def loss_accuracy_figure(sel: xr.Dataset):
 PAIRS = (("_means", "_classifiers"), ("_major", "_minor"))  # drawn together, blue then orange
 
 
-def panels(names=cube.SNAPSHOT_VARS) -> list[tuple[str, list[tuple[str, str]]]]:
-    """[(title, [(variable, colour), ...]), ...]: a _means / _classifiers (or _major / _minor) pair shares a panel."""
+def panels(names=cube.SNAPSHOT_VARS, titles=None) -> list[tuple[str, list[tuple[str, str]]]]:
+    """[(title, [(variable, colour), ...]), ...]: a _means / _classifiers (or _major / _minor) pair shares a panel.
+    A single measure's title is titles[name] when given, else its long_name in the record schema."""
     out, seen = [], set()
     for name in names:
         if name in seen:
@@ -86,7 +88,8 @@ def panels(names=cube.SNAPSHOT_VARS) -> list[tuple[str, list[tuple[str, str]]]]:
                 seen.update(pair)
                 break
         else:
-            out.append((cube.VARIABLES[name].long_name, [(name, BLUE)]))
+            title = titles[name] if titles and name in titles else cube.variables_mod.variable(name).long_name
+            out.append((title, [(name, BLUE)]))
             seen.add(name)
     return out
 
@@ -97,13 +100,15 @@ def metric_names(ds: xr.Dataset) -> list[str]:
     p = yaml.safe_load(ds.attrs.get("parameters", "{}")) or {}
     imbalanced = p.get("class_counts") is not None or p.get("imbalance_ratio") not in (None, 1)
     group = {k for k in imbalance.DEFINITIONS}
-    return [n for n in cube.SNAPSHOT_VARS if imbalanced or n not in group]
+    others = [n for n, v in ds.data_vars.items() if n not in cube.VARIABLES and v.dims[-1:] == ("epoch",)]
+    return [n for n in (*cube.SNAPSHOT_VARS, *others) if imbalanced or n not in group]
 
 
 def metrics_figure(sel: xr.Dataset, names=None, columns: int = 4):
     """One panel per snapshot measure of the selected lr, red line at the TPT start."""
     names = metric_names(sel) if names is None else names
-    spec = [(t, c) for t, c in panels(names) if any(np.isfinite(sel[n].values).any() for n, _ in c)]
+    titles = {n: sel[n].attrs.get("long_name", n) for n in names if n in sel}
+    spec = [(t, c) for t, c in panels(names, titles) if any(np.isfinite(sel[n].values).any() for n, _ in c)]
     rows = max(1, -(-len(spec) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3.9 * columns, 3.0 * rows), squeeze=False)
     tpt = float(sel["tpt_epoch"])

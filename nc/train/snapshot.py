@@ -8,13 +8,11 @@ paper's Section 2I extracts it with PyTorch hooks. Eval passes run in float32 wh
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from nc import measure
-from nc.measure import depth, followups, imbalance, robustness
+from nc.measure import depth, followups, imbalance, registry, robustness
 from nc.train import ddp, losses, variables
 
 
@@ -90,12 +88,11 @@ def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dic
     test_acc = eval_pass(model, data.test, bs, on_test)
     disagreements = ddp.sum_ints([sum(disagree)])[0]
     ddp.merge_accumulator(test_moments)
-    values = measure.metrics_from_moments(moments, W, disagreements / max(1, len(data.test)))
-    values.update(followups.followup_metrics(moments, W, test_moments.finalize() if len(data.test) else None))
+    values = registry.compute(moments, W, test_moments.finalize() if len(data.test) else None,
+                              disagreements / max(1, len(data.test)))
     values.update(loss_terms(moments, W, b, params))
     values.update(imbalance.group_metrics(moments.class_means, moments.global_mean, W, minority(C)))
-    values.update(eval_train_acc=eval_train_acc, test_acc=test_acc, within_trace=moments.within_trace,
-                  robustness=math.nan)
+    values.update(eval_train_acc=eval_train_acc, test_acc=test_acc)
     if record["robustness_indices"]:  # DDP: on rank 0, broadcast
         if ddp.is_main():
             x, _ = data.test.take(record["robustness_indices"])

@@ -53,9 +53,14 @@ EPOCH_VARIABLES = {
                        "initial lr times lr_gamma^k, k the number of milestones floor(f E) (f in lr_milestones) "
                        "before the epoch: MultiStepLR stepped after each epoch (Section 2G)"),
 }
+def measure_variables() -> dict:
+    """The snapshot variables of the measures (nc.measure.registry), those registered after import included."""
+    return {k: Var(LE, m.long_name, m.units, m.definition + "; NaN off snapshot epochs")
+            for k, m in registry.MEASURES.items()}
+
+
 SNAPSHOT_VARIABLES = {
-    **{k: Var(LE, m.long_name, m.units, m.definition + "; NaN off snapshot epochs")
-       for k, m in registry.MEASURES.items()},
+    **measure_variables(),
     **LOSS_VARIABLES,
     **{k: Var(LE, k.replace("_", " "), "1", imbalance.DEFINITIONS[k] + "; minority = the classes an imbalanced run "
               "gives n/R images (the last floor(C/2)), the same groups on balanced runs; NaN off snapshot epochs")
@@ -76,14 +81,16 @@ SNAPSHOT_VARS = tuple(SNAPSHOT_VARIABLES)
 
 
 def snapshot_names(loss: str) -> tuple:
-    """The snapshot variables of a run of `loss`: SNAPSHOT_VARS, plus the variables of a loss registered after
-    import (nc.train.losses), which only its own runs carry."""
-    return SNAPSHOT_VARS + tuple(k for k in losses.get(loss).variables if k not in SNAPSHOT_VARIABLES)
+    """The snapshot variables of a run of `loss`: SNAPSHOT_VARS, plus the measures registered after import
+    (nc.measure.registry.register) and the variables of a loss registered after import (nc.train.losses), which only
+    its own runs carry."""
+    later = [k for k in registry.MEASURES if k not in SNAPSHOT_VARIABLES]
+    return SNAPSHOT_VARS + tuple(later) + tuple(k for k in losses.get(loss).variables if k not in SNAPSHOT_VARIABLES)
 
 
 def variable(name: str) -> Var:
-    """The Var of a record variable, a later-registered loss's included."""
-    return {**EPOCH_VARIABLES, **SNAPSHOT_VARIABLES, **DEPTH_VARIABLES, **loss_variables()}[name]
+    """The Var of a record variable, a later-registered measure's or loss's included."""
+    return {**EPOCH_VARIABLES, **SNAPSHOT_VARIABLES, **DEPTH_VARIABLES, **measure_variables(), **loss_variables()}[name]
 
 
 def geometry_dtype(geometry: dict) -> type:
