@@ -4,6 +4,8 @@ nc.report.catalog). `setup` is the one call that opens a figure page: it reads t
 """
 from __future__ import annotations
 
+import numpy as np
+
 from nc.report.catalog import (  # noqa: F401
     AFTER,
     FIGURES,
@@ -78,6 +80,23 @@ def figure_variables(page: str) -> tuple:
     return tuple(dict.fromkeys(v for name in figures_on(page) for v, _, _ in FIGURES[name].curves))
 
 
+def tpt_sentence(prof) -> str:
+    """The TPT threshold these cubes used (their `tpt_threshold` parameter), per dataset where they differ."""
+    if "tpt_threshold" not in prof:
+        return ""
+    by = {}
+    for d in prof["dataset"].values:
+        values = prof["tpt_threshold"].sel(dataset=d).values
+        for v in values[np.isfinite(values)]:
+            by.setdefault(f"{100 * v:g}%", []).append(str(d))
+    if not by:
+        return ""
+    if len(by) == 1:
+        return f"TPT start: eval-mode train accuracy ≥ {next(iter(by))} (`tpt_threshold`)."
+    return "TPT start: eval-mode train accuracy ≥ " + "; ".join(
+        f"{k} ({', '.join(dict.fromkeys(v))})" for k, v in by.items()) + " (`tpt_threshold`)."
+
+
 def setup(profile: str, cube_dir, variables=None):
     """Open a figure page: the profile's grid (nc.report.profiles.open_profile with `variables`, default every per-epoch
     and snapshot variable), after displaying one line on what it holds and a note on any stale cube. A relative
@@ -91,7 +110,7 @@ def setup(profile: str, cube_dir, variables=None):
     n = len(profile_mod.cells(prof))
     if n:
         text = (f"Profile **{profile}**: {n} dataset × network cell(s) with a run; cells without one were not "
-                "run in this profile or their data is missing (see the intro).")
+                "run in this profile or their data is missing (see the intro). " + tpt_sentence(prof))
     else:
         text = profile_mod.no_cube_text(profile, cube_dir)
     stale = profile_mod.stale_cubes(prof)

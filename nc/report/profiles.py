@@ -47,6 +47,7 @@ def _read_cell(path: Path, variables) -> tuple[xr.Dataset | None, str | None]:
             cell["wall_time_total"] = xr.DataArray(float(ds.attrs.get("wall_time_total", np.nan)))
             cell["network_name"] = xr.DataArray(ds.attrs["network"])
             cell["n_lrs"] = xr.DataArray(ds.sizes["lr"])
+            cell["tpt_threshold"] = xr.DataArray(float(ds.attrs.get("tpt_threshold", np.nan)))
             return cell, None
     except cube.CubeError as err:
         return None, str(err).removeprefix(f"{path}: ")

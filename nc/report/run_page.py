@@ -46,7 +46,8 @@ def header_markdown(ds: xr.Dataset) -> str:
     return (f"**{a['dataset']} × {a['network']}** (profile `{a['profile']}`): {a['n_train']} train / {a['n_test']} "
             f"test images of shape {a['image_shape']}, {a['num_classes']} classes, from `{a['data_source']}`, "
             f"standardised per {a.get('standardize', 'pixel')}; precision {a.get('precision', 'float32')}; trained "
-            f"on {a['device']}. Selected learning rate ({a['lr_selection_rule']}): {chosen}.{shown}\n\n"
+            f"on {a['device']}. TPT start: eval-mode train accuracy ≥ {100 * float(a.get('tpt_threshold', np.nan)):g}% "
+            f"(`tpt_threshold`). Selected learning rate ({a['lr_selection_rule']}): {chosen}.{shown}\n\n"
             "| lr | seed | status | TPT start (epoch) | final test accuracy (%) | wall time (s) |\n"
             "|---|---|---|---|---|---|\n" + "\n".join(rows))
 
