@@ -18,7 +18,7 @@ import warnings
 
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: without ipywidgets it warns on every book page that imports nc
 
 from nc.measure import distributed, network, result, robustness
 from nc.measure.stats import TestStats, TrainStats
