@@ -23,6 +23,9 @@ DEFAULT_PAGE = "book/intro.md"
 VIEWER = "Jupytext Notebook"  # the document factory of jupytext's JupyterLab extension
 SETTINGS = {"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"markdown": VIEWER, "myst": VIEWER}}}
 NEEDS = ("jupyterlab", "jupytext")  # the [lab] extra of pyproject.toml
+# The header JupyterLab writes into a page it saves (the connected kernel's spec, these keys in this order): the
+# pages carry it already, so that a save changes only what the user edited.
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 CONTENTS_MANAGER = "jupytext.AsyncTextFileContentsManager"  # .md notebooks read and saved by jupytext (jupytext.toml)
 
 

@@ -2,7 +2,8 @@
 so every relative path of a parameters cell must be read against the repository root, not the working directory.
 Each page is executed here by papermill with its working directory set to its own folder, on the tiny real run
 (conftest.py's tiny_cubes) given by a path relative to the repository root that does not exist from the page's
-folder: a page that read it from its working directory would find no cube."""
+folder: a page that read it from its working directory would find no cube. Then the same through a real Jupyter
+server configured as `python -m nc.lab` configures JupyterLab's: open, run all cells in the server's kernel, save."""
 import base64
 import contextlib
 import datetime
@@ -144,6 +145,14 @@ def test_the_lab_command_names_the_pages_and_what_to_install(monkeypatch, capsys
     assert f"--ServerApp.root_dir={ROOT}" in cmd and f"--ServerApp.contents_manager_class={lab.CONTENTS_MANAGER}" in cmd
 
 
+def test_every_page_carries_the_kernelspec_jupyterlab_saves():
+    import yaml
+
+    for page in lab.notebooks():
+        header = yaml.safe_load((ROOT / page).read_text().split("---\n")[1])
+        assert list(header["kernelspec"].items()) == list(lab.KERNELSPEC.items()), page
+
+
 # A real Jupyter server, configured as nc.lab configures JupyterLab's (jupytext's contents manager), on a copy of
 # the page: what JupyterLab does when a user opens book/figures/fig6.md, runs all cells and saves.
 
@@ -252,8 +261,11 @@ def run_in_kernel(ws, session: str, code: str, timeout: float = 600) -> list[dic
     ws.send(text)
     outputs, idle, reply, deadline = [], False, None, time.monotonic() + timeout
     while not (idle and reply):
-        assert time.monotonic() < deadline, f"no answer to {code[:200]!r} in {timeout} s"
-        msg = json.loads(ws.recv())
+        ws.settimeout(max(1.0, deadline - time.monotonic()))  # a cell may print nothing for minutes
+        try:
+            msg = json.loads(ws.recv())
+        except websocket_timeout():
+            raise AssertionError(f"no answer to {code[:200]!r} in {timeout} s") from None
         if msg["parent_header"].get("msg_id") != msg_id:
             continue
         kind = msg["header"]["msg_type"]
@@ -277,7 +289,6 @@ def kernel_info(ws, session: str, timeout: float = 300) -> dict:
             while True:
                 msg = json.loads(ws.recv())
                 if msg["parent_header"].get("msg_id") == msg_id and msg["header"]["msg_type"] == "kernel_info_reply":
-                    ws.settimeout(Server.REQUEST_S)
                     return msg["content"]
     raise AssertionError(f"the kernel did not answer in {timeout} s")
 
@@ -344,7 +355,12 @@ def test_a_real_jupyter_server_opens_runs_and_saves_fig6_through_jupytext(jupyte
     text = json.dumps(outputs, ensure_ascii=False)
     assert not [m for m in NO_CUBE if m in text] and "1 dataset × network cell(s) with a run" in text
 
-    nb["metadata"]["language_info"] = info["language_info"]  # what JupyterLab adds once a kernel is connected
+    # What JupyterLab (4.x, NotebookPanel._updateSpec) writes once a kernel is connected: the kernel's spec, in this
+    # key order, and its language_info
+    spec = server.api("GET", "/api/kernelspecs")["kernelspecs"][session["kernel"]["name"]]["spec"]
+    nb["metadata"]["kernelspec"] = {"name": session["kernel"]["name"], "display_name": spec["display_name"],
+                                    "language": spec["language"]}
+    nb["metadata"]["language_info"] = info["language_info"]
     saved = server.api("PUT", "/api/contents/book/figures/fig6.md",
                        {"type": "notebook", "format": "json", "content": nb})
     assert saved["path"] == "book/figures/fig6.md" and saved["type"] == "notebook"
