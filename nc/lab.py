@@ -23,6 +23,10 @@ DEFAULT_PAGE = "book/intro.md"
 VIEWER = "Jupytext Notebook"  # the document factory of jupytext's JupyterLab extension
 SETTINGS = {"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"markdown": VIEWER, "myst": VIEWER}}}
 NEEDS = ("jupyterlab", "jupytext")  # the [lab] extra of pyproject.toml
+# The header JupyterLab writes into a page it saves (the connected kernel's spec, these keys in this order): the
+# pages carry it already, so that a save changes only what the user edited.
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+CONTENTS_MANAGER = "jupytext.AsyncTextFileContentsManager"  # .md notebooks read and saved by jupytext (jupytext.toml)
 
 
 def notebooks() -> list[str]:
@@ -62,9 +66,15 @@ def write_settings(prefix=None) -> Path:
     return files.write_json(path, current, indent=2)
 
 
+def server_options(root=paths.ROOT) -> list[str]:
+    """The Jupyter server's options: rooted at `root`, its files read and saved through jupytext's contents manager
+    (which jupytext's server extension would also install; named here so that no other configuration replaces it)."""
+    return [f"--ServerApp.root_dir={root}", f"--ServerApp.contents_manager_class={CONTENTS_MANAGER}"]
+
+
 def command(page: str, extra=()) -> list[str]:
-    """The JupyterLab command line: the server rooted at the repository, `page` open."""
-    return [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={paths.ROOT}", page, *extra]
+    """The JupyterLab command line: the server rooted at the repository, `page` open, `extra` passed on."""
+    return [sys.executable, "-m", "jupyterlab", *server_options(), page, *extra]
 
 
 def main(argv=None) -> None:

@@ -35,3 +35,13 @@ def test_the_torch_pin_is_stated_once_and_every_file_agrees():
     floors = dict(re.findall(r'"(torch|torchvision)>=([0-9.]+)"', (ROOT / "pyproject.toml").read_text()))
     for name, pin in nox_pins.items():
         assert tuple(map(int, floors[name].split("."))) <= tuple(map(int, pin.split("."))), (name, floors, pin)
+
+
+def test_every_nox_session_and_lab_page_the_readme_shows_exists():
+    sessions = set(re.findall(r"^def (\w+)\(session\)", (ROOT / "noxfile.py").read_text(), flags=re.M))
+    shown = set(re.findall(r"nox -s (\w+)", README))
+    assert {"reproduce", "tests", "book", "lab"} <= shown and shown <= sessions, shown - sessions
+    from nc import lab
+
+    for page in re.findall(r"nox -s lab -- ([\w/.]+)", README):
+        assert (ROOT / lab.page_path(page)).is_file(), page
