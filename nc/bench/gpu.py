@@ -258,7 +258,7 @@ def train_records(rec, cfg, device, budget, log=print) -> None:
 def _train_case(rec, net, stem, size, bs, num_classes, precision, device, cfg, setting, where) -> float:
     params = paper_params(net, width=cfg["width"], stem=stem, precision=precision)
     value, steps, peak = train_images_per_s(params, num_classes, size, bs, device, cfg)
-    rec.value("train", value, "images/s", setting, **where, timed_steps=steps, peak_gib=peak,
+    rec.value("train", value, "images/s", setting, **where, precision=precision, timed_steps=steps, peak_gib=peak,
               memory_efficient=params["memory_efficient"])
     return value
 
