@@ -122,8 +122,9 @@ def job_plan(p: dict, world_size: int = 1, gpu: str = "A100", measured: dict | N
 
 
 def disk_bytes(p: dict, cost: dict) -> dict:
-    """Disk of one parameter file: its cube (curves and the kept geometry), its checkpoints while running, and the
-    prepared store an ImageNet cell at 224 px streams from."""
+    """Disk of one parameter file: its cube (curves and the kept geometry), a running job's checkpoint (weights and
+    momentum; nc.train.record) with its geometry files, and the prepared store an ImageNet cell at 224 px streams
+    from."""
     n_train, n_test, C = splits(p)
     snaps = train.snapshot_schedule(p["epochs"], p["snapshot_epochs"])
     with torch.device("meta"):
@@ -136,7 +137,8 @@ def disk_bytes(p: dict, cost: dict) -> dict:
     geometry = len(kept) * per * (4 if len(kept) * per * 8 > 64 * 2**20 else 8)
     curves = len(p["lrs"]) * len(p["seeds"]) * p["epochs"] * 40 * 8
     store = (n_train + n_test) * 3 * cost["image_size"] ** 2 if p["data_source"] == "store" else 0
-    return {"cube": geometry + curves, "checkpoint": 4 * 3 * cost["params"], "store": store}
+    checkpoint = 2 * 4 * cost["params"] + geometry  # weights + momentum (float32), then the geometry files
+    return {"cube": geometry + curves, "checkpoint": checkpoint, "store": store}
 
 
 def plan(profile_dir, gpu: str = "A100", world_sizes: dict | None = None, only=None, seeds: int | None = None,
@@ -179,7 +181,8 @@ def markdown(result: dict) -> str:
                      f"{r['memory_gb']:.1f} | {r['hours']:.1f} | {r['source']} |")
     d = result["disk"]
     lines += ["", f"Total: **{result['gpu_hours']:,.0f} GPU-hours** (every lr and run seed of every cell). Disk: cubes "
-              f"{d['cube'] / 2**30:.1f} GiB; a running job's checkpoint up to {d['checkpoint_max'] / 2**30:.2f} GiB "
+              f"{d['cube'] / 2**30:.1f} GiB; a running job's checkpoint and geometry files up to "
+              f"{d['checkpoint_max'] / 2**30:.2f} GiB "
               f"(deleted once its cell is merged; with --keep-checkpoints all of them stay: "
               f"{d['checkpoints_kept'] / 2**30:.1f} GiB); prepared stores {d['store'] / 2**30:.1f} GiB."]
     return "\n".join(lines)
