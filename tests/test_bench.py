@@ -16,6 +16,7 @@ from nc import measure
 from nc.bench import cases as bench_cases
 from nc.bench import gpu as bench_gpu
 from nc.bench import suite as bench
+from nc.bench import syncs as bench_syncs
 
 RATIO_KEYS = {"ratio_of", "numerator", "denominator"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +62,7 @@ def test_quick_bench_writes_json_and_markdown(tmp_path, capsys, one_thread):
     assert all(r["device"].startswith("cpu") for r in records)
     what, cfg = by_what(records), bench.QUICK
     units = {"metric_time": "x", "nc1_rel_error": "1", "train_throughput": "x", "tpt_cost": "x",
-             "snapshot_cost": "x", "layer_cost": "x", "bf16_check": "1"}
+             "snapshot_cost": "x", "layer_cost": "x", "store_throughput": "x", "bf16_check": "1"}
     assert set(what) == set(units)
     for name, unit in units.items():
         assert all(r["unit"] == unit for r in what[name]), name
@@ -80,6 +81,8 @@ def test_quick_bench_writes_json_and_markdown(tmp_path, capsys, one_thread):
     assert all(r["numerator"]["unit"] == "images/s" for r in what["train_throughput"])
     assert all(r["denominator"]["unit"] == "s" for k in ("tpt_cost", "snapshot_cost", "layer_cost") for r in what[k])
     assert what["bf16_check"][0]["value"] is None and "--gpu" in what["bf16_check"][0]["note"]
+    (store,) = what["store_throughput"]
+    assert store["numerator"]["label"].startswith("streamed") and store["denominator"]["label"].startswith("in memory")
     # the Markdown table has one row per record and is what was printed
     md = (tmp_path / "bench-cpu.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| what")]
@@ -120,7 +123,8 @@ def test_a_spent_budget_records_the_cases_left_as_skipped(tmp_path, one_thread):
     records = json.loads((tmp_path / "bench-cpu.json").read_text())
     check_records(records)
     what = by_what(records)
-    assert {"metric_time", "train_throughput", "tpt_cost", "snapshot_cost", "layer_cost"} <= set(what)
+    cases = {"metric_time", "train_throughput", "tpt_cost", "snapshot_cost", "layer_cost", "store_throughput"}
+    assert cases <= set(what)
     assert all(r["value"] is None for r in records)
     assert all("--budget of 1e-09 s" in r["note"] for r in records if r["what"] != "bf16_check")
 
@@ -139,8 +143,13 @@ def test_gpu_suite_runs_every_case_on_a_cpu(tmp_path, one_thread):
     written = json.loads((tmp_path / "bench-nvidia-h200.json").read_text())
     assert len(written) == len(records)
     check_records(written)
-    assert all(r["value"] is not None for r in written), [r["note"] for r in written if r["value"] is None]
+    counted = {"syncs", "syncs_more_batches"}  # CUDA only: on a CPU the passes run, with nothing to count
+    assert all(r["value"] is not None for r in written if r["what"] not in counted), [
+        r["note"] for r in written if r["value"] is None]
     what = by_what(written)
+    passes = [r["setting"].split(" of ")[0] for r in what["syncs"]]
+    assert passes == list(bench_syncs.PASSES) * 2 and len(what["syncs_more_batches"]) == 3
+    assert all("only CUDA has syncs to count" in r["note"] for k in counted for r in what[k])
     assert len(what["accumulator"]) == len(cfg["accumulator"])
     trained = [(r["network"], r["setting"].rsplit(", ", 1)[1]) for r in what["train"]]
     assert trained == [(n, p) for nets, *_ in cfg["train"] for n in nets for p in cfg["precisions"]]
@@ -206,6 +215,19 @@ def test_compare_precisions_applies_the_stated_tolerance():
     assert rows["rob"]["agree"] == [True, False] and rows["rob"]["compared"] == [True, True]  # one NaN disagrees
     tighter = {r["metric"]: r for r in bench_gpu.compare_precisions(ref, test, other, {}, slack=1.0)}
     assert tighter["nc1"]["agree"] == [True, False]
+
+
+def test_sync_warnings_are_counted_and_cpu_counts_nothing():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for message in (bench_syncs.SYNC_WARNING, "something else", bench_syncs.SYNC_WARNING):
+            warnings.warn(message, UserWarning, stacklevel=1)
+    assert bench_syncs.count_sync_warnings(caught) == 2
+    with bench_syncs.syncs_counted("cpu") as counted:
+        torch.ones(3).sum().item()
+    assert counted["syncs"] is None
 
 
 def test_slug_and_jsonable():

@@ -68,6 +68,40 @@ def test_the_plan_command_prints_per_job_costs_and_the_total(capsys):
     assert "GPU-hours" in out and "H100" in out
 
 
+def test_the_plan_reads_the_named_gpus_bench_file_and_says_so(tmp_path, capsys):
+    import json
+
+    from nc.runs import params
+
+    p = params.load(ROOT / "parameters" / "paper" / "mnist-vgg11.yaml")
+    size, rate = plan.network_cost(p)["image_size"], 5000.0
+    record = {"what": "train", "network": "vgg11", "image_size": size, "precision": p["precision"], "value": rate,
+              "unit": "images/s", "device": "NVIDIA H100 80GB HBM3"}
+    (tmp_path / "bench-nvidia-h100-80gb-hbm3.json").write_text(json.dumps([record]))
+    (tmp_path / "bench-nvidia-a100-sxm4-80gb.json").write_text(json.dumps([{**record, "value": 1.0,
+                                                                            "device": "NVIDIA A100-SXM4-80GB"}]))
+    (tmp_path / "bench-cpu.json").write_text(json.dumps([{**record, "value": 2.0, "device": "cpu x (2 cores)"}]))
+    only = ["mnist-vgg11", "imagenet-vgg19"]
+    got = plan.plan(ROOT / "parameters" / "paper", gpu="H100", only=only, bench_dir=tmp_path)
+    rows = {r["name"]: r for r in got["rows"]}
+    mnist = rows["mnist-vgg11"]
+    assert got["bench_files"] == [tmp_path / "bench-nvidia-h100-80gb-hbm3.json"]
+    assert mnist["source"] == "measured: training images/s in bench-nvidia-h100-80gb-hbm3.json (H100)"
+    eval_images = mnist["images"] - mnist["train_images"]  # as nc.runs.plan.job_plan: an eval image is 1/3 a step
+    assert mnist["hours"] == pytest.approx((mnist["train_images"] + eval_images / 3) / rate / 3600, rel=1e-12)
+    assert "estimated" in rows["imagenet-vgg19"]["source"]  # another network and size: not measured
+    text = plan.markdown(got)
+    assert text.splitlines()[0].startswith(f"Hours from the training images/s measured in {tmp_path}")
+    other = plan.plan(ROOT / "parameters" / "paper", gpu="V100", only=only, bench_dir=tmp_path)
+    assert other["bench_files"] == [] and all("estimated" in r["source"] for r in other["rows"])
+    assert plan.markdown(other).startswith("Hours estimated from FLOPs: no bench/bench-*.json of an V100")
+    a100 = plan.plan(ROOT / "parameters" / "paper", gpu="A100", only=only, bench_dir=tmp_path)
+    assert a100["rows"][1]["hours"] > mnist["hours"] * 1000  # its own file's 1 image/s, not the H100's
+    (tmp_path / "bench-nvidia-h100-80gb-hbm3.json").write_text("[{")
+    with pytest.raises(ValueError, match="bench-nvidia-h100-80gb-hbm3.json: cannot read"):
+        plan.plan(ROOT / "parameters" / "paper", gpu="H100", only=only, bench_dir=tmp_path)
+
+
 def test_an_unknown_profile_is_named():
     from nc.report import book
     from nc.runs import sweep

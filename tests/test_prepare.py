@@ -183,6 +183,68 @@ def test_store_split_batches_and_take(prepared, workers):
     np.testing.assert_allclose(mean_split, manifest["mean"], rtol=0, atol=1e-15)
 
 
+def _children() -> set[int]:
+    """The live child processes of this one (Linux /proc)."""
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError):
+            continue
+        if int(ppid) == os.getpid() and state not in ("Z", "X"):
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_a_split_keeps_its_workers_across_passes(prepared):
+    _, out = prepared
+    store = open_store(out, num_workers=2)
+    split, before = store.train, _children()
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))
+    first = [y for _, y in split.batches(5, order)]
+    workers = _children() - before
+    assert len(workers) == 2  # still there after the pass
+    during = None
+    for i, _ in enumerate(split.batches(7)):  # another pass, another batch size and order: the same workers
+        if i == 0:
+            during = _children() - before
+            nested = torch.cat([y for _, y in split.batches(3, order)])  # a pass inside a pass: workers of its own
+    assert during == workers and _children() - before == workers
+    assert torch.cat(first).tolist() == nested.tolist() == split.labels[order].tolist()
+    xs, _ = zip(*split.batches(4, order[:9]))  # a pass left after two batches, then a whole pass
+    assert torch.cat(xs).shape[0] == 9
+    gen = split.batches(2, order)
+    next(gen)
+    del gen
+    assert torch.cat([y for _, y in split.batches(6)]).tolist() == split.labels.tolist()
+    store.train.close()
+    deadline = time.monotonic() + 60
+    while _children() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _children() - before
+
+
+def test_a_store_written_from_arrays_streams_them_back(tmp_path):
+    from nc.data.store import write_arrays
+
+    rng = np.random.default_rng(0)
+    splits = {s: (rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), rng.integers(0, 3, n)) for s, n in
+              (("train", 12), ("test", 5))}
+    store = open_store(write_arrays(tmp_path / "s", splits, ["a", "b", "c"]), num_workers=0)
+    mean, std = channel_stats(splits["train"][0])
+    assert store.num_classes == 3 and store.image_size == 8
+    for split in (store.train, store.test):
+        images, labels = splits[split.split]
+        x, y = zip(*split.batches(5))
+        np.testing.assert_allclose(torch.cat(x).numpy(), (images / 255 - mean[:, None, None]) / std[:, None, None],
+                                   rtol=0, atol=1e-6)
+        assert torch.cat(y).tolist() == labels.tolist()
+    with pytest.raises(ValueError, match="uint8"):
+        write_arrays(tmp_path / "t", {**splits, "test": (splits["test"][0].astype(np.float32), splits["test"][1])},
+                     ["a", "b", "c"])
+
+
 def test_test_subset_and_default_out(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "folder", n_train=3, n_val=3)
     monkeypatch.setenv("NC_DATA_ROOT", str(tmp_path / "data"))

@@ -204,6 +204,9 @@ def test_driver_prints_the_running_jobs_progress(swept):
     bars = [line for line in swept["out"].splitlines() if line.startswith("    demo-")]
     line = r"    demo-vgg1[13] lr=0\.0[25]: (starting|epoch \d/5, [\d.]+ s/epoch, about |complete at epoch 5/5)"
     assert bars and all(re.match(line, b) for b in bars), bars
+    # the time left is from the jobs' epoch paces and the jobs at once (nc.runs.eta)
+    assert re.search(r"\[[123]/4\] demo-vgg1[13] lr=0\.0[25]: done in \S+; about \S+ left \(\d running, \d waiting, "
+                     r"\d at once, at each cell's epoch pace\)", swept["out"]), swept["out"]
 
 
 def test_a_jobs_progress_file_is_what_the_status_block_prints(tmp_path):
@@ -219,6 +222,31 @@ def test_a_jobs_progress_file_is_what_the_status_block_prints(tmp_path):
     assert progress.line(progress.read(f)) == "cell lr=0.05: complete at epoch 9/9"
     f.write_text("{not json")
     assert progress.read(f) is None
+
+
+def test_the_sweeps_time_left_is_the_makespan_of_the_jobs_at_their_epoch_paces():
+    from nc.runs import eta
+
+    paces = eta.paces([("slow", 10.0), ("fast", 1.0), ("fast", None), ("fast", 1.0)])
+    assert paces == {"slow": 10.0, "fast": 1.0}
+    slow_running = ("slow", 100, {"epoch": 10, "epochs": 100, "seconds_per_epoch": 10.0, "status": "running"})
+    fast_running = ("fast", 10, {"epoch": 5, "epochs": 10, "seconds_per_epoch": 1.0, "status": "running"})
+    # two slots: 900 s and 5 s left; four fast jobs of 10 s queue on the slot that frees first: 5 + 4 x 10
+    assert eta.time_left([slow_running, fast_running], [("fast", 10)] * 4, 2, paces) == 900.0
+    # a slow job waiting first takes the 5 s slot (5 + 1000); the fast ones then follow the running slow one
+    assert eta.time_left([slow_running, fast_running], [("slow", 100)] + [("fast", 10)] * 4, 2, paces) == 1005.0
+    # three slots: the free one takes the waiting slow job at once
+    assert eta.time_left([slow_running, fast_running], [("slow", 100)] + [("fast", 10)] * 4, 3, paces) == 1000.0
+    # a job that has reported no pace yet, and a cell that has none, take their cell's pace, else the median
+    assert eta.time_left([("slow", 100, None)], [("new", 10)], 1, paces) == 1000.0 + 10 * (10.0 + 1.0) / 2
+    # a job that reported complete is ending: nothing left
+    done = ("fast", 10, {"epoch": 10, "epochs": 10, "seconds_per_epoch": 1.0, "status": "complete"})
+    assert eta.time_left([done], [], 1, paces) == 0.0
+    assert eta.time_left([slow_running], [("fast", 10)], 1, {}) is None  # no pace reported yet
+    assert eta.makespan([5.0, 7.0, 9.0], [], 2) == 9.0  # more running than slots (an earlier driver's jobs)
+    assert eta.makespan([], [3.0, 3.0, 3.0], 2) == 6.0
+    with pytest.raises(ValueError, match="slots"):
+        eta.makespan([], [1.0], 0)
 
 
 def test_rerun_trains_nothing(swept):

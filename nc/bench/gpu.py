@@ -20,6 +20,9 @@
    from float32 no more than another float32 seed does (x2: that spread is estimated from one pair), and 5% is
    below what the book's log-scale figures resolve. bf16_verdict: the fraction of (metric, snapshot) pairs
    within tolerance; the quick profile may use bf16 only if every pair is.
+5. syncs: host-device syncs of an eval pass, a snapshot and the per-layer pass under
+   torch.cuda.set_sync_debug_mode("warn"), at two eval batch sizes; syncs_more_batches = 0 shows that no per-batch
+   loop syncs (nc.bench.syncs).
 
 Every case is guarded: an error (out of memory, say) becomes a record with value None and the error as its note,
 and cases not started within the time budget (FULL: 7 minutes, so the suite ends within ~8) are recorded
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 
 from nc import paths, runs, train
-from nc.bench import cases
+from nc.bench import cases, syncs
 from nc.bench import records as bench
 from nc.runs import params as params_mod
 
@@ -53,6 +56,7 @@ FULL = {
     "bf16": {"cell": "demo-vgg11", "overrides": {"epochs": 30, "snapshot_epochs": 4, "depth": False},
              "slack": 2.0, "rel_floor": 0.05},
     "packing": {"cell": "demo-vgg11", "overrides": {}, "processes": [1, 2, 4], "seconds": 8.0, "warmup_steps": 10},
+    "syncs": {"cell": "demo-vgg11", "overrides": {}, "batch_sizes": [500, 250]},
 }
 _TINY_DEMO = {"width": 0.125, "n_per_class": 20, "test_n_per_class": 10, "robustness_images": 0}
 QUICK = {  # tiny: what tests/test_bench.py runs on a CPU to exercise every case
@@ -64,6 +68,7 @@ QUICK = {  # tiny: what tests/test_bench.py runs on a CPU to exercise every case
     "metric": {**FULL["metric"], "metric_cases": [(2000, 64, 10)], "authors_probe_n": 1000, "authors_max_s": 0.0},
     "bf16": {**FULL["bf16"], "overrides": {**_TINY_DEMO, "epochs": 2, "snapshot_epochs": 2, "depth": False}},
     "packing": {"cell": "demo-vgg11", "overrides": _TINY_DEMO, "processes": [1, 2], "seconds": 0.5, "warmup_steps": 1},
+    "syncs": {"cell": "demo-vgg11", "overrides": _TINY_DEMO, "batch_sizes": [64, 32]},
 }
 
 
@@ -258,7 +263,7 @@ def train_records(rec, cfg, device, budget, log=print) -> None:
 def _train_case(rec, net, stem, size, bs, num_classes, precision, device, cfg, setting, where) -> float:
     params = paper_params(net, width=cfg["width"], stem=stem, precision=precision)
     value, steps, peak = train_images_per_s(params, num_classes, size, bs, device, cfg)
-    rec.value("train", value, "images/s", setting, **where, timed_steps=steps, peak_gib=peak,
+    rec.value("train", value, "images/s", setting, **where, precision=precision, timed_steps=steps, peak_gib=peak,
               memory_efficient=params["memory_efficient"])
     return value
 
@@ -284,6 +289,8 @@ def run(cfg: dict, device, rec, log=print):
         setting = f"N={n} p={p} C={C}: CollapseAccumulator update (batches of {cfg['metric_batch']}) + finalize"
         log(f"[bench] accumulator {setting}")
         guarded(rec, "accumulator", "s", setting, budget, {}, accumulator_record, rec, cfg, n, p, C, device, setting)
+    guarded(rec, "syncs", "syncs", "eval pass, snapshot and per-layer pass in sync debug mode", budget, {},
+            syncs.sync_records, rec, cfg, device, log)
     guarded(rec, "bf16_check", "1", "bf16 vs float32", budget, {}, bf16_records, rec, cfg, device, log)
     pk = cfg["packing"]
     params = bench.cell_params(pk["cell"], pk["overrides"])

@@ -12,7 +12,9 @@ run (on a shared machine only ratios within one run mean something). Cases and b
 3. tpt_cost: seconds of the eval-mode pass over the train set that marks the TPT / of one training epoch.
 4. snapshot_cost (with and without DeepFool) and layer_cost (the per-layer pass) / one training epoch; the
    snapshot is nc.train.snapshot.measure_snapshot, so whatever metrics it computes (Part II too) are included.
-5. `--gpu` (CUDA only): nc.bench.gpu (paper networks' images/s per precision, packed processes, accumulator at
+5. store_throughput: images/s of a shuffled pass streamed from a prepared store (nc.data.store: kept DataLoader
+   workers, memmap) / of the same images held in memory (nc.data.loader.TensorSplit), nc.bench.streaming.
+6. `--gpu` (CUDA only): nc.bench.gpu (paper networks' images/s per precision, packed processes, accumulator at
    C=1000, bf16 vs float32 curves), written to bench-<gpu name>.json / .md.
 
 Writes <out>/bench-<device type>.json (a list of records) and .md (a table), both rewritten atomically after every
@@ -33,7 +35,7 @@ from pathlib import Path
 import torch
 
 from nc import files, paths, train
-from nc.bench import cases
+from nc.bench import cases, streaming
 from nc.bench.records import DEMO, Records, cell_params, demo_data, device_name, jsonable, metric_records, slug  # noqa: F401
 
 ROOT = paths.ROOT
@@ -47,6 +49,7 @@ FULL = {
     "overrides": {},
     "repeats": {"cpu": 3, "cuda": 3},  # epochs per loop (interleaved, best kept); passes: 1 on CPU
     "warmup_steps": 2,
+    "store": {"n": 2000, "size": 64, "batch_size": 128, "repeats": 3, "workers": None},  # None: default_workers()
 }
 QUICK = {
     **FULL,
@@ -57,6 +60,7 @@ QUICK = {
     "overrides": {"width": 0.125, "n_per_class": 20, "test_n_per_class": 10, "robustness_images": 2},
     "repeats": {"cpu": 1, "cuda": 1},
     "warmup_steps": 1,
+    "store": {"n": 200, "size": 16, "batch_size": 32, "repeats": 1, "workers": None},
 }
 
 
@@ -109,6 +113,7 @@ def run(quick: bool = False, device=None, log=print, rec: Records | None = None)
     rec = Records(device, log) if rec is None else rec
     metric_records(rec, cfg, device, log)
     network_records(rec, cfg, device, log)
+    streaming.store_records(rec, cfg, device, log)
     rec.skipped("bf16_check", "1", "bf16 vs float32 training curves (every snapshot metric)",
                 "skipped: runs only with --gpu on CUDA (the question is whether a GPU's bf16 autocast changes the "
                 "curves; a CPU's bf16 kernels would not answer it)")

@@ -6,7 +6,9 @@ tensor as nc.data keeps the small datasets, so training reads it through the sam
 (x / 255 - mean) / std with the train set's per-channel mean and population SD (ddof 0) of the [0, 1] pixels
 (stored in manifest.json), and int64 labels, both on the device. The uint8 rows are read from a numpy.memmap by a
 torch DataLoader with worker processes and a batch sampler over `order` (no per-sample Python in the main
-process), pinned when the device is CUDA, moved non_blocking and standardised on the device.
+process), pinned when the device is CUDA, moved non_blocking and standardised on the device. Each split keeps one
+DataLoader and its workers (persistent_workers) for every epoch and eval pass: a pass sets the batches its sampler
+yields, so no pass pays for starting workers (a pass begun while another is in flight gets workers of its own).
 
 Store layout (see nc.data.prepare): <split>_images.u8 (raw uint8, N x 3 x H x W, C order), <split>_labels.npy (int64),
 manifest.json (written last: a store without it is unfinished). Splits are "train" and "test" (ImageNet's val).
@@ -97,6 +99,20 @@ def _as_is(batch):
     return batch
 
 
+class _Batches:
+    """A batch sampler whose batches (lists of row indices) are set before each pass, so that one DataLoader, and its
+    persistent workers, serves every pass of a split (the DataLoader asks for a new iterator at each pass)."""
+
+    def __init__(self):
+        self.chunks = []
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+    def __len__(self):
+        return len(self.chunks)
+
+
 class StoreSplit:
     """One split of a prepared store, behind the loader seam shared with the in-memory TensorSplit.
 
@@ -124,6 +140,14 @@ class StoreSplit:
         self.mean, self.std = self.mean.view(-1, 1, 1), torch.tensor(std, dtype=torch.float32, device=self.device)
         self.std = self.std.view(-1, 1, 1)
         self._rows = _Rows(file, self.shape, labels)
+        self._loader, self._sampler, self._busy = None, _Batches(), False
+
+    def __getstate__(self):  # the kept DataLoader and its worker processes stay with their process
+        return {**self.__dict__, "_loader": None, "_sampler": _Batches(), "_busy": False}
+
+    def close(self):
+        """Stop the kept workers (they also stop when the split is garbage-collected or the process exits)."""
+        self._loader = None
 
     def __len__(self):
         return self.shape[0]
@@ -148,10 +172,24 @@ class StoreSplit:
         (the last may be smaller): x float32 (B, 3, H, W) standardised per channel, y int64 (B,)."""
         order = torch.arange(len(self)) if order is None else self._indices(order)
         chunks = [c.numpy() for c in order.split(int(batch_size))]
-        loader = torch.utils.data.DataLoader(self._rows, batch_sampler=chunks, collate_fn=_as_is,
-                                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
-        for x, y in loader:
-            yield self._standardize(x), y.to(self.device, non_blocking=True)
+        kept = self.num_workers > 0 and not self._busy
+        if kept:
+            if self._loader is None:
+                self._loader = self._data_loader(self._sampler, persistent_workers=True)
+            self._sampler.chunks, self._busy, loader = chunks, True, self._loader
+        else:  # no workers, or a pass while another is in flight: a loader for this pass only
+            loader = self._data_loader(chunks)
+        try:
+            for x, y in loader:
+                yield self._standardize(x), y.to(self.device, non_blocking=True)
+        finally:
+            if kept:
+                self._busy = False
+
+    def _data_loader(self, batch_sampler, persistent_workers=False):
+        return torch.utils.data.DataLoader(self._rows, batch_sampler=batch_sampler, collate_fn=_as_is,
+                                           num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                                           persistent_workers=persistent_workers)
 
     def take(self, indices):
         """(x, y) for a few row indices, read in the main process: standardised float32 images and labels."""
@@ -186,6 +224,29 @@ def open_store(path, device="cpu", num_workers=None):
                          num_classes=len(manifest["class_names"]), class_names=list(manifest["class_names"]),
                          in_channels=train.shape[1], image_size=train.shape[-1], mean=train.mean, std=train.std,
                          source=f"store:{path}")
+
+
+def write_arrays(path, splits: dict, class_names, dataset="arrays"):
+    """A finished store at `path` from in-memory uint8 images: splits = {"train": (images (N, 3, H, W) uint8,
+    labels (N,) int64), "test": (...)} (the bench streams it; nc.data.prepare writes ImageNet's, with its sources
+    and hashes). Returns the path."""
+    os.makedirs(path, exist_ok=True)
+    info = {}
+    for split in SPLITS:
+        images, labels = (np.ascontiguousarray(a) for a in splits[split])
+        if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != images.shape[:1]:
+            raise ValueError(f"{split}: need uint8 images (N, C, H, W) and N labels, got {images.dtype} "
+                             f"{images.shape} and {labels.shape}")
+        images.tofile(os.path.join(path, f"{split}_images.u8"))
+        np.save(os.path.join(path, f"{split}_labels.npy"), labels.astype(np.int64))
+        info[split] = {"images_file": f"{split}_images.u8", "labels_file": f"{split}_labels.npy",
+                       "shape": list(images.shape), "dtype": "uint8", "layout": "NCHW"}
+    mean, std = channel_stats(splits["train"][0])
+    manifest = {"format_version": FORMAT_VERSION, "dataset": dataset, "class_names": list(class_names),
+                "mean": mean.tolist(), "std": std.tolist(), "splits": info}
+    with open(os.path.join(path, "manifest.json"), "w") as f:  # last: a store without it is unfinished
+        json.dump(manifest, f)
+    return path
 
 
 def channel_stats(images, chunk=256):

@@ -13,6 +13,7 @@ from nc.measure.paper import (  # noqa: F401
     geometry_metrics,
     metrics_from_moments,
     nc1_from_within_cov,
+    ncc_disagreement_count,
     ncc_disagreements,
 )
 from nc.measure.registry import MEASURES  # noqa: F401

@@ -20,7 +20,7 @@ import torch
 import xarray as xr
 from tqdm import tqdm  # not tqdm.auto: without ipywidgets it warns on every book page that imports nc
 
-from nc.measure import distributed, network, result, robustness
+from nc.measure import distributed, network, paper, result, robustness
 from nc.measure.stats import TestStats, TrainStats
 
 DEGENERATE = 1e-10  # sigma_min / sigma_max of M below this: the class means are nearly affinely dependent
@@ -149,20 +149,12 @@ def test_stats(model, test, train: TrainStats, *, features=None, device=None, in
     for h, logits, y, x in _Pass(model, head, features, train.C).run(batches, "test"):
         out.acc.update(h, y)
         if train.W is not None:
-            out.disagree += _disagreements(h, train.W, train.b, moments.class_means)
+            out.disagree += paper.ncc_disagreement_count(h, train.W, train.b, moments.class_means)
         out.hits += _hits(logits, y, train.C)
         out.seen += len(y)
         if sum(len(k) for k in kept) < keep_images and isinstance(x, torch.Tensor):
             kept.append(x[:keep_images - sum(len(k) for k in kept)])
     return out, kept
-
-
-def _disagreements(h, W, b, mu):
-    """nc.measure.paper.ncc_disagreements as a device tensor (no sync per batch)."""
-    h = h.to(torch.float64)
-    net = (h @ W.T + b).argmax(dim=1)
-    centre = mu.mean(dim=0)
-    return (net != torch.cdist(h - centre, mu - centre).argmin(dim=1)).sum()
 
 
 def _head(model, train: TrainStats):

@@ -87,14 +87,20 @@ def geometry_metrics(class_means, global_mean, W) -> dict[str, float]:
     }
 
 
-def ncc_disagreements(test_features, W, b, class_means) -> int:
-    """How many test features the network classifier and the nearest train class mean label differently."""
+def ncc_disagreement_count(test_features, W, b, class_means) -> torch.Tensor:
+    """How many test features the network classifier and the nearest train class mean label differently, as a 0-d
+    int64 tensor on the class means' device (no host-device sync: per-batch counts are summed on the device)."""
     mu = _f64(class_means)
     h = _f64(test_features, mu.device)
     net = (h @ _f64(W, mu.device).T + _f64(b, mu.device)).argmax(dim=1)
     centre = mu.mean(dim=0)  # cdist expands ||a||^2 + ||b||^2 - 2ab: remove a common offset first
     ncc = torch.cdist(h - centre, mu - centre).argmin(dim=1)
-    return int((net != ncc).sum().item())
+    return (net != ncc).sum()
+
+
+def ncc_disagreements(test_features, W, b, class_means) -> int:
+    """`ncc_disagreement_count` as a Python int."""
+    return int(ncc_disagreement_count(test_features, W, b, class_means).item())
 
 
 def metrics_from_moments(m: Moments, W, ncc_mismatch: float = math.nan) -> dict[str, float]:

@@ -161,20 +161,22 @@ def status_printer(total: int):
     return status
 
 
-def poll(running: dict, outcomes: dict, report, status, waiting: int, poll_s: float) -> list:
+def poll(running: dict, outcomes: dict, report, status, pending: list, poll_s: float, slots: int) -> list:
     """One round of a driver's wait loop over `running` ({handle: (job, started, gpu)}): pops, records and
     reports the finished jobs (returned as their (job, started, gpu)), sleeps poll_s if none finished, and
-    lets `status` print when due."""
+    lets `status` print when due. report(job, outcome, seconds, running jobs, pending jobs, slots): `slots` jobs
+    run at once, `pending` start in that order (for the sweep's time left, nc.runs.eta)."""
     finished = []
     for handle in [h for h in running if h.done()]:
         entry = running.pop(handle)
         job, started, _ = entry
         outcomes[id(job)] = outcome(handle)
-        report(job, outcomes[id(job)], time.perf_counter() - started)
+        report(job, outcomes[id(job)], time.perf_counter() - started, [j for j, _, _ in running.values()], pending,
+               slots)
         finished.append(entry)
     if not finished:
         time.sleep(poll_s)
-    status(running, len(outcomes), waiting)
+    status(running, len(outcomes), len(pending))
     return finished
 
 
@@ -209,7 +211,7 @@ def run_local(todo: list, folder: Path, settings: dict, report, poll_s: float, s
                     jobs.write_record(job, handle.job_id, "local", folder)
                 if gpu is not None:
                     per_gpu[gpu] += 1
-            for _, _, gpu in poll(running, outcomes, report, status, len(pending), poll_s):
+            for _, _, gpu in poll(running, outcomes, report, status, pending, poll_s, at_once):
                 if gpu is not None:
                     per_gpu[gpu] -= 1
     finally:
@@ -307,12 +309,14 @@ def run_slurm(todo: list, folder: Path, settings: dict, report, poll_s: float, s
                   f"partition={s['partition'] or 'default'}, {s['gpus_per_job']} GPU, {s['cpus_per_job']} CPUs, "
                   f"{s['time_min']} min, {s['array_parallelism']} at once", flush=True)
         outcomes, status, checked = {}, status_printer(len(todo)), float("-inf")
+        parallel = settings.get("options", {}).get("array_parallelism", settings["array_parallelism"])
+        slots = max(1, min(len(todo), int(parallel)))  # at most: the cluster may run fewer
         while running:
             jobs.check_deadline(stop_at)
             if time.monotonic() - checked >= poll_s:
                 submitit.SlurmJob.watcher.update()  # one sacct call for every job
                 checked = time.monotonic()
-            poll(running, outcomes, report, status, 0, min(poll_s, 1.0))
+            poll(running, outcomes, report, status, [], min(poll_s, 1.0), slots)
     except BaseException:  # interrupted (Ctrl-C, SIGTERM): the jobs go before we do; a re-run resumes them
         if running:
             jobs.stop_jobs(list(running), jobs.stop_slurm)

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nc import paths, runs
-from nc.runs import cli, cube, executors, jobs, plan
+from nc.runs import cli, cube, eta, executors, jobs, plan
 from nc.runs import params as params_mod
+from nc.train import progress
 from nc.train.progress import fmt
 
 ROOT = paths.ROOT
@@ -69,18 +70,30 @@ def dataset_missing(params: dict) -> str | None:
 
 
 def _progress(total: int):
-    """A reporter printing `[done/total] job: outcome; about T left` as jobs finish (ETA from the throughput)."""
-    t0, done = time.perf_counter(), 0
+    """A reporter printing `[done/total] job: outcome; about T left` as jobs finish. T is nc.runs.eta.time_left:
+    from the epoch pace each job reports (nc.train.progress; a finished job's too) and the jobs that run at once."""
+    done, reported = 0, {}  # {job label: (cell, seconds per epoch)}: the last pace each job reported
 
-    def report(job: Job, outcome: dict, took: float) -> None:
+    def info_of(job: Job) -> dict | None:
+        info = progress.read(progress.path_for(runs.part_path(job.parts_dir, job.lr, job.seed)))
+        if info and info.get("seconds_per_epoch"):
+            reported[job.label] = (job.params["name"], info["seconds_per_epoch"])
+        return info
+
+    def report(job: Job, outcome: dict, took: float, running: list, waiting: list, slots: int) -> None:
         nonlocal done
         done += 1
         what = (f"done in {fmt(took)}" if "part" in outcome else "dataset missing" if "missing" in outcome else
                 f"cancelled ({outcome['cancelled']}); re-running the sweep resumes it" if "cancelled" in outcome
                 else f"FAILED: {outcome['error']}")
-        eta = (f"; at the pace so far about {fmt((time.perf_counter() - t0) / done * (total - done))} left"
-               if done < total else "")
-        print(f"[{done}/{total}] {job.label}: {what}{eta}", flush=True)
+        if info_of(job) is None and "part" in outcome:  # finished before its first progress file: its wall time
+            reported[job.label] = (job.params["name"], took / job.params["epochs"])
+        left = eta.time_left([(j.params["name"], j.params["epochs"], info_of(j)) for j in running],
+                             [(j.params["name"], j.params["epochs"]) for j in waiting], slots,
+                             eta.paces(reported.values())) if done < total else None
+        tail = (f"; about {fmt(left)} left ({len(running)} running, {len(waiting)} waiting, {slots} at once, "
+                f"at each cell's epoch pace)" if left is not None else "")
+        print(f"[{done}/{total}] {job.label}: {what}{tail}", flush=True)
 
     return report
 
@@ -268,7 +281,8 @@ def main(argv=None) -> None:
     ap.add_argument("--plan", action="store_true",
                     help="print what every job would cost (images, GPU memory, hours) and the totals; train nothing")
     ap.add_argument("--gpu", default="A100", choices=sorted(plan.REFERENCE_GPUS),
-                    help="with --plan and no GPU bench here: the reference GPU for the estimate")
+                    help="with --plan: the GPU to plan for (its training images/s from bench/bench-<its name>.json "
+                         "when `nox -s bench -- --gpu` wrote one, else estimated from its datasheet peak)")
     args = ap.parse_args(argv)
     profile_dir = Path(args.profile_dir)
     if not profile_dir.is_dir():

@@ -79,14 +79,14 @@ def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dic
     moments = ddp.merge_accumulator(acc).finalize()
     W = model.classifier.weight.detach().double()
     b = model.classifier.bias.detach().double()
-    disagree, test_moments = [], followups.TestAccumulator(moments, C, p, data.test.device)
+    disagree, test_moments = [0], followups.TestAccumulator(moments, C, p, data.test.device)
 
-    def on_test(h, logits, y):
-        disagree.append(measure.ncc_disagreements(h, W, b, moments.class_means))
+    def on_test(h, logits, y):  # the count stays on the device: no sync per batch
+        disagree[0] = disagree[0] + measure.ncc_disagreement_count(h, W, b, moments.class_means)
         test_moments.update(h, y)
 
     test_acc = eval_pass(model, data.test, bs, on_test)
-    disagreements = ddp.sum_ints([sum(disagree)])[0]
+    disagreements = int(ddp.sum_ints(disagree)[0])  # one sync, after the pass
     ddp.merge_accumulator(test_moments)
     values = registry.compute(moments, W, test_moments.finalize() if len(data.test) else None,
                               disagreements / max(1, len(data.test)))
