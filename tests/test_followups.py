@@ -146,6 +146,7 @@ def numpy_followups(h, y, test_h, test_y, W, C):
         "nc1_test": np.trace(Sw_test @ Sb_pinv) / C,
         "nc1_test_means": np.trace(d_own.T @ d_own / len(test_h) @ Sb_te_pinv) / C,
         "trace_ratio": np.trace(Sw) / (np.trace(Sw) + np.trace(Sb)),
+        "ncc_test_means_acc": np.mean(np.argmin(((test_h[:, None] - mu_te[None]) ** 2).sum(-1), 1) == test_y),
         "trace_quotient": np.trace(Sw) / np.trace(Sb),
         "vci": 1 - np.trace(np.linalg.pinv(Sw + Sb, hermitian=True) @ Sb) / (C - 1),
         "etf_error_means": dist(M.T @ M), "etf_error_classifiers": dist(W @ W.T),
@@ -167,7 +168,9 @@ def test_streaming_equals_numpy_reference(C, p, n):
     ref = numpy_followups(h, y, test_h, test_y, W, C)
     m = feed(measure.CollapseAccumulator(C, p), h, y, [3, 17, 1])
     test = feed(followups.TestAccumulator(m, C, p), test_h, test_y, [2, 9, 1, 30])
-    got = followups.followup_metrics(m, W, test)
+    hits = sum(int(followups.ncc_hits(test_h[i:i + 7], test_y[i:i + 7], test.class_means))
+               for i in range(0, len(test_y), 7))
+    got = followups.followup_metrics(m, W, test, hits / len(test_y))
     for key in followups.FOLLOWUP_METRICS:
         assert got[key] == pytest.approx(ref[key], rel=1e-12), key
 
@@ -236,3 +239,17 @@ def test_vci_closed_form_and_invariance(C, p, n):
         A = U[:, C - 1:C - 1 + min(n - 1, p - C + 1)]
         off = measure.moments(*planted_features(M, mu_G, 0.5 * A, n, rng), C)
         assert abs(followups.vci(off)) < 1e-10
+
+
+def test_ncc_about_the_test_means_differs_from_the_train_means():
+    """Train means -1, +1 on a line; test class 0 at 0.5, 0.7 (its mean 0.6), class 1 at 2, 3 (mean 2.5): the train
+    means label 0.5 and 0.7 as class 1 (2 of 4 right), the test means all 4; a tie goes to the lower class."""
+    train_means = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+    h, y = torch.tensor([[0.5], [0.7], [2.0], [3.0]]), torch.tensor([0, 0, 1, 1])
+    test_means = torch.stack([h[y == c].double().mean(0) for c in range(2)])
+    assert int(followups.ncc_hits(h, y, train_means)) == 2
+    assert int(followups.ncc_hits(h, y, test_means)) == 4
+    assert int(followups.ncc_hits(torch.zeros(2, 1), torch.tensor([0, 1]), train_means)) == 1  # tie -> class 0
+    m = measure.moments(np.array([[-1.0], [1.0], [-1.2], [0.8]]), np.array([0, 1, 0, 1]), 2)
+    assert math.isnan(followups.followup_metrics(m, np.eye(2, 1))["ncc_test_means_acc"])
+    assert followups.followup_metrics(m, np.eye(2, 1), None, 0.75)["ncc_test_means_acc"] == 0.75

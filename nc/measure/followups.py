@@ -13,6 +13,8 @@ W (C x p) as they are, and on one streaming pass over the test features. All are
   computed as Ave_test ||M^+ (h - mu_y^train)||^2, O(N p C), no p x p matrix.
 - nc1_test_means (Hui et al.'s other reading): Tr(Sigma_W^te Sigma_B^te+)/C of the test features about their own
   class means, from the test pass's own streamed moments (Sigma_W^te, p x p), rank C-1.
+- ncc_test_means_acc: the nearest-class-centre accuracy on the test set with the TEST class means (a second pass
+  over the test features once their means are known: `ncc_hits`); NaN where no second pass was made.
 - trace_ratio: Tr Sigma_W / Tr Sigma_T in [0, 1), no pseudo-inverse: the form used for per-layer work.
 - trace_quotient (Tirer, Huang & Niles-Weed, ICML 2023; rhubarbwu's covariance "quotient"): Tr Sigma_W / Tr Sigma_B.
 - vci (Xu & Liu, ICML 2023): 1 - Tr(Sigma_T^+ Sigma_B) / rank Sigma_B, rank C-1, Sigma_T^+ from a float64
@@ -30,8 +32,8 @@ import torch
 
 from nc.measure.moments import ClassStats, Moments, _f64, _labels, _moments_from, mean_span_basis
 
-FOLLOWUP_METRICS = ("cdnv_train", "cdnv_test", "nc1_test", "nc1_test_means", "trace_ratio", "trace_quotient", "vci",
-                    "etf_error_means", "etf_error_classifiers", "classifier_mean_alignment")
+FOLLOWUP_METRICS = ("cdnv_train", "cdnv_test", "nc1_test", "nc1_test_means", "ncc_test_means_acc", "trace_ratio",
+                    "trace_quotient", "vci", "etf_error_means", "etf_error_classifiers", "classifier_mean_alignment")
 
 _ETF = "P = I - 11^T/C (||P||_F = sqrt(C-1)), the Gram matrix of a simplex ETF"
 _ZHU = "Zhu et al., NeurIPS 2021, 'A geometric analysis of neural collapse with unconstrained features'"
@@ -47,6 +49,11 @@ DEFINITIONS = {
                       "Sigma_W^te the test features' scatter about their own class means (sample-weighted), "
                       "Sigma_B^te = M_te M_te^T/C at rank C-1; NaN if a class has no test sample; unitless; the "
                       "test set's own collapse, Hui, Belkin & Nakkiran, 2022, arXiv:2202.08384",
+    "ncc_test_means_acc": "fraction of TEST images with argmin_c ||h - mu_c^te||_2 = y, mu_c^te the TEST class means "
+                          "(a second pass over the test set once they are known; ties to the lowest class index); "
+                          "NaN where a class has no test sample or no second pass was made (nc.measure.collapse "
+                          "makes one test pass; the training runs' snapshots make both); unitless; the nearest "
+                          "class centre of the test set's own collapse, Hui, Belkin & Nakkiran, 2022",
     "trace_quotient": "Tr(Sigma_W)/Tr(Sigma_B), Sigma_W sample-weighted, Sigma_B = MM^T/C, mu_G = Ave_c mu_c, train "
                       "features; unitless, >= 0; Tirer, Huang & Niles-Weed, ICML 2023, and rhubarbwu's "
                       "covariance-ratio quotient (trace_ratio = q/(1+q) is the same information bounded)",
@@ -126,6 +133,16 @@ def vci(moments: Moments) -> float:
     return 1.0 - (Z.pow(2) / evals[keep, None]).sum().item() / C / (C - 1)
 
 
+def ncc_hits(features, labels, class_means) -> torch.Tensor:
+    """How many of the features' nearest class mean (float64 Euclidean, ties to the lowest index) is their label:
+    an int64 device tensor (no host sync per batch)."""
+    mu = _f64(class_means)
+    h = _f64(features, mu.device)
+    centre = mu.mean(dim=0)  # cdist expands ||a||^2 + ||b||^2 - 2ab: remove a common offset first
+    nearest = torch.cdist(h - centre, mu - centre, compute_mode="donot_use_mm_for_euclid_dist").argmin(dim=1)
+    return (nearest == _labels(labels, mu.device)).sum()
+
+
 @dataclass
 class TestResult:
     """What one pass over the test features gives: test collapse about the train means, and CDNV on test."""
@@ -188,9 +205,11 @@ class TestAccumulator:
         return TestResult(nc1_test, cdnv_test, nc1_own, means, s.counts.clone(), var)
 
 
-def followup_metrics(train_moments: Moments, W, test_result: TestResult | None = None) -> dict[str, float]:
+def followup_metrics(train_moments: Moments, W, test_result: TestResult | None = None,
+                     ncc_test_means_acc: float = math.nan) -> dict[str, float]:
     """Every follow-up metric, keyed by the cube's variable names in FOLLOWUP_METRICS order
-    (cdnv_test, nc1_test and nc1_test_means are NaN without a test result)."""
+    (cdnv_test, nc1_test and nc1_test_means are NaN without a test result; ncc_test_means_acc is the second test
+    pass's, ncc_hits summed over the test set / its size, passed in)."""
     m = train_moments
     mu = _f64(m.class_means)
     M = (mu - _f64(m.global_mean, mu.device)).T
@@ -200,6 +219,7 @@ def followup_metrics(train_moments: Moments, W, test_result: TestResult | None =
         "cdnv_test": math.nan if test_result is None else test_result.cdnv_test,
         "nc1_test": math.nan if test_result is None else test_result.nc1_test,
         "nc1_test_means": math.nan if test_result is None else test_result.nc1_test_means,
+        "ncc_test_means_acc": ncc_test_means_acc,
         "trace_ratio": trace_ratio(m),
         "trace_quotient": trace_quotient(m),
         "vci": vci(m),

@@ -59,6 +59,8 @@ GRID_PAGES = {
     "cdnv": ((("cdnv_train", "means", "train"), ("cdnv_test", "classifiers", "test")), "CDNV", True, "the CDNV"),
     "test_collapse": ((("nc1", "means", "train"), ("nc1_test", "classifiers", "test, about the train means"),
                        ("nc1_test_means", "#2ca02c", "test, about the test means")), "NC1", True, "NC1"),
+    "test_ncc": ((("test_acc", "means", "network"), ("ncc_test_means_acc", "classifiers", "nearest test class mean")),
+                 "test accuracy", False, "the test accuracy"),
     "variability": ((("trace_quotient", "means", "Tr Σ_W / Tr Σ_B"), ("vci", "classifiers", "VCI")),
                     "Tr Σ_W/Tr Σ_B and VCI", True, "the within-class variability"),
     "etf": ((("etf_error_means", "means", "class means"), ("etf_error_classifiers", "classifiers", "classifiers"),

@@ -91,7 +91,14 @@ def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dic
     disagreements = ddp.sum_ints([sum(disagree)])[0]
     ddp.merge_accumulator(test_moments)
     values = measure.metrics_from_moments(moments, W, disagreements / max(1, len(data.test)))
-    values.update(followups.followup_metrics(moments, W, test_moments.finalize() if len(data.test) else None))
+    test_result = test_moments.finalize() if len(data.test) else None
+    ncc_test_means = math.nan
+    if test_result is not None and bool(torch.isfinite(test_result.class_means).all()):
+        hits = []  # the second test pass: the nearest TEST class mean (Hui et al.'s reading)
+        eval_pass(model, data.test, bs,
+                  lambda h, logits, y: hits.append(followups.ncc_hits(h, y, test_result.class_means)))
+        ncc_test_means = ddp.sum_ints([int(sum(hits))])[0] / len(data.test)
+    values.update(followups.followup_metrics(moments, W, test_result, ncc_test_means))
     values.update(loss_terms(moments, W, b, params))
     values.update(imbalance.group_metrics(moments.class_means, moments.global_mean, W, minority(C)))
     values.update(eval_train_acc=eval_train_acc, test_acc=test_acc, within_trace=moments.within_trace,
