@@ -92,3 +92,19 @@ def test_depth_progressive_needs_a_falling_rank_trend_and_more_than_at_the_first
     assert held is False
     held, *_ = after.BY_NAME["depth_progressive"](_depth_entry(falling, falling[::-1]))  # rising with depth
     assert held is False
+
+
+def test_the_depth_law_is_checked_on_each_feature_map():
+    """The pooled fit (rho, r2 from the cube) and the flattened one (flat_rho, flat_r2) give their own verdicts; an
+    entry without flattened values is not checkable for the flattened law."""
+    C = 10
+    line = np.exp(1.5 - 0.7 * np.arange(1, 9)) / C
+    bent = line.copy()
+    bent[4:] = bent[4]
+    d = _depth_entry(line, line) | {"flat_nc1": np.array([bent, bent, bent]), "flat_rho": np.array([0.1, 0.1, 0.3]),
+                                    "flat_r2": np.array([0.5, 0.5, 0.7])}
+    assert after.BY_NAME["depth_law"](d)[0] is True
+    held, text, numbers = after.BY_NAME["depth_law_flat"](d)
+    assert held is False and numbers["r2"] == 0.7 and "residual" in text
+    assert after.BY_NAME["depth_law_flat"](_depth_entry(line, line))[0] is None
+    assert [r["claim"] for r in after.depth_claims([d])] == ["depth_law", "depth_law_flat", "depth_progressive"]

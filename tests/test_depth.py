@@ -5,6 +5,7 @@ within covariance T_l A A^T T_l^T, and NC1_l and the trace ratio have closed for
 The input's coordinate 0 is a noise-free integer class code (classes 3 and 4 share one); every block carries it
 unchanged (weight 1, zeros elsewhere, so exactly), and the last block keeps only it: classes 3 and 4 land on one
 point, the nearest-class-centre rule ties there and picks class 3, so its accuracy is exactly (C-1)/C."""
+import copy
 import math
 from collections import OrderedDict
 
@@ -97,6 +98,17 @@ def planted_net(rng, means, A):
     return net, blocks, maps
 
 
+def flat_conv_map(net, T1, t1):
+    """The conv block's FLATTENED output (8 channels x 4 positions) as an affine map of the input: at position q,
+    W2 diag(s_q) (T1 x + t1) + b2, s_q the Spread scale of that position (rows in any order: NC1 and the trace
+    ratio do not depend on the order of the coordinates)."""
+    W2, b2 = net.conv.weight.detach().numpy()[:, :, 0, 0], net.conv.bias.detach().numpy()
+    scale = net.spread.scale.numpy().reshape(10, 4)
+    T = np.vstack([W2 @ np.diag(scale[:, q]) @ T1 for q in range(4)])
+    t = np.concatenate([W2 @ (scale[:, q] * t1) + b2 for q in range(4)])
+    return T, t
+
+
 def batches(x, y, sizes):
     """A callable giving (x, y) batches of cycling, uneven sizes."""
     spans, i, k = [], 0, 0
@@ -144,7 +156,7 @@ def planted_case():
     test, n_test = batches(torch.tensor(x_test), torch.tensor(y_test), (4, 9, 1))
     out = depth.layer_collapse(net, blocks, train, test, C)
     return dict(net=net, flags=flags, out=out, maps=maps, means=means, test_means=test_means, A=A,
-                data=(x, y, x_test, y_test), forwards=2 * n_train + n_test)
+                data=(x, y, x_test, y_test), forwards=3 * n_train + n_test)
 
 
 def test_closed_form_nc1_and_trace_ratio(planted_case):
@@ -164,6 +176,30 @@ def test_closed_form_nc1_and_trace_ratio(planted_case):
             assert 0 < out["trace_ratio"][i] < 1
         else:  # fc3 keeps only the noise-free code
             assert out["trace_ratio"][i] == 0.0
+
+
+def test_flattened_nc1_and_trace_ratio(planted_case):
+    """A (B, c) block's flattened features are its pooled ones; the conv block's flattened (B, 8 x 2 x 2) output is
+    another affine map of the input (flat_conv_map), with its own closed forms, which pooling does not give."""
+    out, maps, means, A = (planted_case[k] for k in ("out", "maps", "means", "A"))
+    assert out["flat_nc1"][0] == pytest.approx(out["nc1"][0], rel=1e-12)
+    assert out["flat_trace_ratio"][0] == pytest.approx(out["trace_ratio"][0], rel=1e-12)
+    T, t = flat_conv_map(planted_case["net"], *maps[0])
+    nc1, ratio = closed_forms(T, t, means, A)
+    assert out["flat_nc1"][1] == pytest.approx(nc1, rel=1e-10)
+    assert out["flat_trace_ratio"][1] == pytest.approx(ratio, rel=1e-10)
+    assert out["flat_nc1"][1] != pytest.approx(out["nc1"][1], rel=1e-3)
+    assert np.isnan(out["flat_nc1"][2:]).all()  # width 2 and 1 < C-1
+    assert out["flat_trace_ratio"][2:].tolist() == pytest.approx(out["trace_ratio"][2:].tolist(), abs=1e-12)
+
+
+def test_flattened_measures_are_skipped_over_the_memory_budget(planted_case, monkeypatch):
+    net, (x, y, _, _) = copy.deepcopy(planted_case["net"]), planted_case["data"]  # its own probe
+    monkeypatch.setattr(depth, "FLAT_BYTES", 24 * C * 10)  # fc1 (D = 10) fits, conv (D = 32) does not
+    data = lambda: [(torch.tensor(x), torch.tensor(y))]
+    out = depth.layer_collapse(net, [("fc1", net.fc1), ("conv", net.conv)], data, data, C)
+    assert out["flat_nc1"][0] == pytest.approx(planted_case["out"]["flat_nc1"][0], rel=1e-10)
+    assert math.isnan(out["flat_nc1"][1]) and math.isnan(out["flat_trace_ratio"][1])
 
 
 def test_nearest_class_centre_accuracies(planted_case):
@@ -240,7 +276,8 @@ def test_fit_matches_linregress_on_noisy_data():
 
 
 def test_definitions_cover_the_cube_variables():
-    assert depth.DEPTH_METRICS == ("depth_nc1", "depth_trace_ratio", "depth_ncc_acc_train", "depth_ncc_acc_test")
+    assert depth.DEPTH_METRICS == ("depth_nc1", "depth_trace_ratio", "depth_ncc_acc_train", "depth_ncc_acc_test",
+                                   "depth_flat_nc1", "depth_flat_trace_ratio")
     for name in depth.DEPTH_METRICS + depth.DEPTH_FIT:
         assert depth.DEFINITIONS[name] and depth.UNITS[name] and depth.LONG_NAMES[name]
     assert set(depth.DEFINITIONS) == set(depth.DEPTH_METRICS + depth.DEPTH_FIT) == set(depth.UNITS) \

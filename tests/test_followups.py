@@ -37,8 +37,9 @@ def test_planted_etf_closed_forms(C, p, n):
     """ETF with column norm alpha, Sigma_W = A A^T in every class, W = k M^T:
     CDNV = ||A||_F^2 (C-1)/(2 alpha^2 C), trace ratio = ||A||_F^2/(||A||_F^2 + alpha^2), ETF errors and alignment 0.
     Test set: class means mu_G + q + (1+t) m_c, within-class covariance B B^T, so with U a basis of the mean span
-    nc1_test = (C-1)/(C alpha^2) (||U^T q||^2 + ||U^T B||_F^2) + t^2 (C-1)/C and
-    cdnv_test = ||B||_F^2 (C-1)/(2 (1+t)^2 alpha^2 C)."""
+    nc1_test = (C-1)/(C alpha^2) (||U^T q||^2 + ||U^T B||_F^2) + t^2 (C-1)/C,
+    cdnv_test = ||B||_F^2 (C-1)/(2 (1+t)^2 alpha^2 C), and about the test means (centred (1+t) M, q cancels)
+    nc1_test_means = (C-1)/(C (1+t)^2 alpha^2) ||U^T B||_F^2; trace_quotient = ||A||_F^2 / alpha^2."""
     rng = np.random.default_rng(C)
     alpha, t, k = 2.5, 0.3, 0.7
     M = simplex_etf(p, C, alpha, rng)
@@ -55,7 +56,9 @@ def test_planted_etf_closed_forms(C, p, n):
         "cdnv_test": b2 * (C - 1) / (2 * (1 + t) ** 2 * alpha ** 2 * C),
         "nc1_test": (C - 1) / (C * alpha ** 2) * (np.sum((U.T @ q) ** 2) + np.sum((U.T @ B) ** 2))
         + t ** 2 * (C - 1) / C,
+        "nc1_test_means": (C - 1) / (C * (1 + t) ** 2 * alpha ** 2) * np.sum((U.T @ B) ** 2),
         "trace_ratio": a2 / (a2 + alpha ** 2),
+        "trace_quotient": a2 / alpha ** 2,
     }
     streamed = feed(measure.CollapseAccumulator(C, p), h, y, [7, 50, 1])
     for m in (measure.moments(h, y, C), streamed):
@@ -123,6 +126,12 @@ def numpy_followups(h, y, test_h, test_y, W, C):
     Sb_pinv = top @ np.diag(1 / evals[-(C - 1):]) @ top.T
     dt = test_h - mu[test_y]
     Sw_test = dt.T @ dt / len(test_h)
+    mu_te = np.stack([test_h[test_y == c].mean(0) for c in range(C)])
+    M_te = (mu_te - mu_te.mean(0)).T
+    d_own = test_h - mu_te[test_y]
+    ev_te, vec_te = np.linalg.eigh(M_te @ M_te.T / C)
+    Sb_te_pinv = vec_te[:, -(C - 1):] @ np.diag(1 / ev_te[-(C - 1):]) @ vec_te[:, -(C - 1):].T
+    Sb = M @ M.T / C
 
     def cdnv_ref(X, labels):
         means = np.stack([X[labels == c].mean(0) for c in range(C)])
@@ -135,7 +144,11 @@ def numpy_followups(h, y, test_h, test_y, W, C):
     return {
         "cdnv_train": cdnv_ref(h, y), "cdnv_test": cdnv_ref(test_h, test_y),
         "nc1_test": np.trace(Sw_test @ Sb_pinv) / C,
-        "trace_ratio": np.trace(Sw) / (np.trace(Sw) + np.trace(M @ M.T / C)),
+        "nc1_test_means": np.trace(d_own.T @ d_own / len(test_h) @ Sb_te_pinv) / C,
+        "trace_ratio": np.trace(Sw) / (np.trace(Sw) + np.trace(Sb)),
+        "ncc_test_means_acc": np.mean(np.argmin(((test_h[:, None] - mu_te[None]) ** 2).sum(-1), 1) == test_y),
+        "trace_quotient": np.trace(Sw) / np.trace(Sb),
+        "vci": 1 - np.trace(np.linalg.pinv(Sw + Sb, hermitian=True) @ Sb) / (C - 1),
         "etf_error_means": dist(M.T @ M), "etf_error_classifiers": dist(W @ W.T),
         "classifier_mean_alignment": dist(W @ M),
     }
@@ -155,7 +168,9 @@ def test_streaming_equals_numpy_reference(C, p, n):
     ref = numpy_followups(h, y, test_h, test_y, W, C)
     m = feed(measure.CollapseAccumulator(C, p), h, y, [3, 17, 1])
     test = feed(followups.TestAccumulator(m, C, p), test_h, test_y, [2, 9, 1, 30])
-    got = followups.followup_metrics(m, W, test)
+    hits = sum(int(followups.ncc_hits(test_h[i:i + 7], test_y[i:i + 7], test.class_means))
+               for i in range(0, len(test_y), 7))
+    got = followups.followup_metrics(m, W, test, hits / len(test_y))
     for key in followups.FOLLOWUP_METRICS:
         assert got[key] == pytest.approx(ref[key], rel=1e-12), key
 
@@ -199,3 +214,42 @@ def test_missing_test_class_and_names():
     assert set(followups.DEFINITIONS) == set(followups.FOLLOWUP_METRICS)
     with pytest.raises(ValueError, match="shape"):
         followups.TestAccumulator(m, C + 1, p)
+
+
+@pytest.mark.parametrize("C,p,n", [(2, 3, 6), (4, 6, 10), (10, 12, 14)])
+def test_vci_closed_form_and_invariance(C, p, n):
+    """Sigma_W = s^2 I on a simplex ETF of column norm alpha: Sigma_B has C-1 eigenvalues beta = alpha^2/(C-1) on
+    the mean span, Sigma_T = s^2 I + Sigma_B, so Tr(Sigma_T^+ Sigma_B) = (C-1) beta/(s^2 + beta) and
+    VCI = s^2/(s^2 + beta). The same features through a random invertible map G (h -> G h) give the same VCI,
+    while the trace quotient changes. Sigma_W confined to the complement of the mean span gives VCI = 0."""
+    rng = np.random.default_rng(7 * C + p)
+    alpha, s = 2.0, 0.4
+    M = simplex_etf(p, C, alpha, rng)
+    mu_G = rng.standard_normal(p)
+    h, y = planted_features(M, mu_G, s * np.eye(p), n, rng)
+    beta = alpha ** 2 / (C - 1)
+    m = measure.moments(h, y, C)
+    assert followups.vci(m) == pytest.approx(s ** 2 / (s ** 2 + beta), rel=1e-10)
+    G = rng.standard_normal((p, p)) + 3 * np.eye(p)
+    mapped = measure.moments(h @ G.T, y, C)
+    assert followups.vci(mapped) == pytest.approx(followups.vci(m), rel=1e-9)
+    assert followups.trace_quotient(mapped) != pytest.approx(followups.trace_quotient(m), rel=1e-3)
+    U = np.linalg.svd(M)[0]
+    if p - (C - 1) >= 1:  # within-class spread only off the mean span: Sigma_T^+ Sigma_B is the span's projector
+        A = U[:, C - 1:C - 1 + min(n - 1, p - C + 1)]
+        off = measure.moments(*planted_features(M, mu_G, 0.5 * A, n, rng), C)
+        assert abs(followups.vci(off)) < 1e-10
+
+
+def test_ncc_about_the_test_means_differs_from_the_train_means():
+    """Train means -1, +1 on a line; test class 0 at 0.5, 0.7 (its mean 0.6), class 1 at 2, 3 (mean 2.5): the train
+    means label 0.5 and 0.7 as class 1 (2 of 4 right), the test means all 4; a tie goes to the lower class."""
+    train_means = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+    h, y = torch.tensor([[0.5], [0.7], [2.0], [3.0]]), torch.tensor([0, 0, 1, 1])
+    test_means = torch.stack([h[y == c].double().mean(0) for c in range(2)])
+    assert int(followups.ncc_hits(h, y, train_means)) == 2
+    assert int(followups.ncc_hits(h, y, test_means)) == 4
+    assert int(followups.ncc_hits(torch.zeros(2, 1), torch.tensor([0, 1]), train_means)) == 1  # tie -> class 0
+    m = measure.moments(np.array([[-1.0], [1.0], [-1.2], [0.8]]), np.array([0, 1, 0, 1]), 2)
+    assert math.isnan(followups.followup_metrics(m, np.eye(2, 1))["ncc_test_means_acc"])
+    assert followups.followup_metrics(m, np.eye(2, 1), None, 0.75)["ncc_test_means_acc"] == 0.75

@@ -39,7 +39,7 @@ ADDED: dict[str, Callable] = {}
 def register(name: str, long_name: str, units: str, definition: str):
     """Decorator: `fn(moments, W, test)` becomes the measure `name`. `moments` are the train set's float64 moments
     (nc.measure.moments.Moments: class_means (C, p), global_mean, within_cov_means, counts, ...), `W` the classifier
-    (C, p) float64, `test` the test set's moments about the train means (nc.measure.followups.TestMoments) or None
+    (C, p) float64, `test` the test set's moments (nc.measure.followups.TestResult: about the train means and its own) or None
     without a test set. `definition` is the formula as the cube's attribute states it; `units` its unit ("1" for a
     ratio)."""
     if not (isinstance(name, str) and name.isidentifier()):
@@ -64,13 +64,14 @@ def unregister(name: str) -> None:
     del ADDED[name], MEASURES[name]
 
 
-def compute(moments, W, test=None, ncc_mismatch: float = math.nan) -> dict:
+def compute(moments, W, test=None, ncc_mismatch: float = math.nan, ncc_test_means: float = math.nan) -> dict:
     """Every measure of MEASURES by name, from the float64 moments: the paper's (nc.measure.paper), the follow-ups'
-    (nc.measure.followups; NaN where they need `test`) and the registered ones. `robustness` is NaN here: DeepFool
+    (nc.measure.followups; NaN where they need `test`; `ncc_test_means` is the nearest-TEST-mean accuracy, which
+    needs a second test pass) and the registered ones. `robustness` is NaN here: DeepFool
     needs the network, its caller fills it in. One function for both callers, a training snapshot
     (nc.train.snapshot) and the any-network API (nc.measure.result)."""
     out = paper.metrics_from_moments(moments, W, ncc_mismatch)
-    out.update(followups.followup_metrics(moments, W, test))
+    out.update(followups.followup_metrics(moments, W, test, ncc_test_means))
     out.update(within_trace=moments.within_trace, robustness=math.nan)
     for name, fn in ADDED.items():
         out[name] = float(fn(moments, W, test))

@@ -81,14 +81,21 @@ def _test_far(claim, run):
         f"test {t['last']:.3g} / train {n['last']:.3g} = {ratio:.3g}", {"ratio": ratio}
 
 
-def _depth_law(claim, d):
-    rho, r2 = d["rho"][-1], d["r2"][-1]
+def _depth_law(claim, d, prefix: str = ""):
+    """The law on the pooled block outputs (prefix "") or on the flattened ones (prefix "flat_")."""
+    if prefix + "rho" not in d:
+        return None, "not measured", {}
+    rho, r2 = d[prefix + "rho"][-1], d[prefix + "r2"][-1]
     if not np.isfinite(rho):
         return None, "not measured", {}
-    res = depth_residuals(d["nc1"][-1], d["classes"])
+    res = depth_residuals(d[prefix + "nc1"][-1], d["classes"])
     held = rho > 0 and r2 >= claim.thresholds["r2"]
     return bool(held), f"rho {rho:.3g}, R² {r2:.3f}; largest |residual| {np.nanmax(np.abs(res)):.2g}", \
         {"rho": rho, "r2": r2}
+
+
+def _depth_law_flat(claim, d):
+    return _depth_law(claim, d, "flat_")
 
 
 def depth_residuals(nc1_by_layer, classes: int) -> np.ndarray:
@@ -230,7 +237,13 @@ REGISTRY = (
     C("depth_law", "depth", ("depth_nc1", "depth_rho", "depth_r2"), "He & Su, PNAS 2023",
       "a law of data separation: log(C NC1_l) decays linearly with the layer l",
       "at the last snapshot the fit of log(C NC1_l) on l has rho > 0 and R² ≥ {r2:g} (He & Su's fits are near-perfect "
-      "lines; the residuals are drawn on the page)", _depth_law, {"r2": R2_LAW}),
+      "lines; the residuals are drawn on the page); the block outputs global-average-pooled over space",
+      _depth_law, {"r2": R2_LAW}),
+    C("depth_law_flat", "depth", ("depth_flat_nc1",), "He & Su, PNAS 2023",
+      "a law of data separation: log(C NC1_l) decays linearly with the layer l (on the whole activations, as "
+      "Rangamani et al.'s code flattens them)",
+      "as depth_law, rho > 0 and R² ≥ {r2:g} at the last snapshot, on the FLATTENED block outputs", _depth_law_flat,
+      {"r2": R2_LAW}),
     C("depth_progressive", "depth", ("depth_nc1",), "Rangamani et al., ICML 2023",
       "within-class variability collapses progressively through the layers, and more as training proceeds",
       "at the last snapshot Spearman's rank correlation of NC1_l with l is below -1.645/√(L−1) (one-sided 5%, L "
@@ -299,7 +312,7 @@ def depth_claims(cells_depth: list[dict]) -> list[dict]:
     for d in cells_depth:
         several = d.get("seeds", 1) > 1
         name = f"{d['dataset']} × {d['network']}" + (f", seed {d['seed']}" if several else "")
-        rows += _rows(("depth_law", "depth_progressive"), d, name, d["seed"] if several else None)
+        rows += _rows(("depth_law", "depth_law_flat", "depth_progressive"), d, name, d["seed"] if several else None)
     return rows
 
 

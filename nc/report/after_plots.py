@@ -26,12 +26,15 @@ def depth_figure(cells_depth: list[dict]):
                 continue
             label = f"{stage} (epoch {d['epochs'][k]:.0f})"
             left.semilogy(x, d["nc1"][k], "o-", color=STAGE_COLOURS[stage], ms=3, label=label)
+            if "flat_nc1" in d:
+                left.semilogy(x, d["flat_nc1"][k], "s:", color=STAGE_COLOURS[stage], ms=3, lw=0.9)
             right.plot(x, d["ncc_acc_train"][k], "o-", color=STAGE_COLOURS[stage], ms=3, label=f"{stage}, train")
             right.plot(x, d["ncc_acc_test"][k], "s--", color=STAGE_COLOURS[stage], ms=3, lw=0.9)
         rho, r2 = d["rho"][-1], d["r2"][-1]
-        left.set_title(f"{d['dataset']} × {d['network']}: last snapshot rho = {rho:.3g} per block, R² = {r2:.2f}",
-                       fontsize=10, loc="left")
-        left.set_ylabel("NC1 of the block")
+        flat = (f"; flattened {d['flat_rho'][-1]:.3g}, R² {d['flat_r2'][-1]:.2f}" if "flat_rho" in d else "")
+        left.set_title(f"{d['dataset']} × {d['network']}, last snapshot: pooled rho = {rho:.3g} per block, "
+                       f"R² = {r2:.2f}{flat}", fontsize=9, loc="left")
+        left.set_ylabel("NC1 of the block\n(solid pooled, dotted flattened)")
         left.legend(fontsize=8)
         right.set_ylabel("NCC accuracy\n(solid train, dashed test)")
         for ax in (left, right):
@@ -107,12 +110,16 @@ def minority_figure(runs_by_ratio: list[tuple[float, xr.Dataset]]):
 
 def depth_residual_figure(cells_depth: list[dict], residuals):
     """The depth law's residuals at the last snapshot: log(C NC1_l) minus the fitted line, per block, one line per
-    cell (`residuals(nc1_by_layer, classes)` computes them: nc.report.after.depth_residuals)."""
+    cell and feature map (solid pooled, dotted flattened)
+    (`residuals(nc1_by_layer, classes)` computes them: nc.report.after.depth_residuals)."""
     fig, ax = plt.subplots(figsize=(8, 3.4))
     for d, colour in zip(cells_depth, RUN_COLOURS * 4):
         x = np.arange(1, len(d["layer_names"]) + 1)
         ax.plot(x, residuals(d["nc1"][-1], d["classes"]), "o-", ms=3, color=colour,
-                label=f"{d['dataset']} × {d['network']} (R² {d['r2'][-1]:.2f})")
+                label=f"{d['dataset']} × {d['network']}, pooled (R² {d['r2'][-1]:.2f})")
+        if "flat_nc1" in d:
+            ax.plot(x, residuals(d["flat_nc1"][-1], d["classes"]), "s:", ms=3, color=colour,
+                    label=f"{d['dataset']} × {d['network']}, flattened (R² {d['flat_r2'][-1]:.2f})")
     ax.axhline(0.0, color="0.5", lw=0.8)
     ax.set(xlabel="block l", ylabel="residual of log(C NC1_l)", title="the depth law's residuals, last snapshot")
     ax.legend(fontsize=9)

@@ -8,6 +8,7 @@ import xarray as xr
 import yaml
 
 from nc import paths
+from nc.measure import depth
 from nc.runs import cube
 
 FOLLOWUPS = "followups"  # the profile whose runs the follow-up pages read
@@ -19,8 +20,8 @@ BASELINE = {"loss": "cross_entropy", "classifier": "learned", "weight_decay": 5e
 def depth_cells(cube_dir, every_seed: bool = False) -> list[dict]:
     """Per current cube of a folder, the collapse by depth of its first run seed at its selected lr (every_seed:
     one entry per run seed, each at its own selected lr): {name, seed, seeds (how many the cube has), layer_names,
-    layer_widths, stages, epochs, nc1, trace_ratio, ncc_acc_train, ncc_acc_test (stage x layer), rho, r2 (stage),
-    classes}."""
+    layer_widths, stages, epochs, nc1, trace_ratio, ncc_acc_train, ncc_acc_test, flat_nc1, flat_trace_ratio
+    (stage x layer; flat_: the flattened block outputs), rho, r2, flat_rho, flat_r2 (stage), classes}."""
     out = []
     for path in sorted(paths.resolve(cube_dir).glob("*.nc")):
         try:
@@ -43,7 +44,14 @@ def _depth_cell(path, ds: xr.Dataset, seed: int, n_seeds: int) -> dict:
             "layer_widths": ds["layer_width"].values.tolist(), "stages": ds["depth_stage"].values.tolist(),
             "epochs": sel["depth_epoch"].values,
             **{k: sel[f"depth_{k}"].values for k in ("nc1", "trace_ratio", "ncc_acc_train", "ncc_acc_test", "rho",
-                                                     "r2")}}
+                                                     "r2", "flat_nc1", "flat_trace_ratio")},
+            **_flat_fit(sel["depth_flat_nc1"].values, int(ds.sizes["class"]))}
+
+
+def _flat_fit(flat_nc1, classes: int) -> dict:
+    """The depth law's fit (rho, r2 per stage) on the flattened block outputs (the pooled fit is in the cube)."""
+    fits = [depth.fit_depth_decay(row, classes) for row in np.atleast_2d(flat_nc1)]
+    return {"flat_rho": np.array([f[1] for f in fits]), "flat_r2": np.array([f[2] for f in fits])}
 
 
 def followup_seeds(followups_dir) -> list[int]:

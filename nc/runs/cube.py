@@ -46,8 +46,9 @@ from nc.train.variables import (  # noqa: F401  (the schema of what a run record
 # 1: the first cubes. 2: per-channel standardisation, eval-mode TPT (eval_train_acc dense), exactly N snapshots,
 # MultiStepLR milestones floor(f E), precision recorded, class-weighted mu_G, format_version itself; Part II:
 # CDNV, test-set NC1, trace ratio, ETF errors, alignment, collapse by depth (layer dim). 3: the `seed` dimension
-# (run seeds; the lr selected per seed).
-FORMAT_VERSION = 3
+# (run seeds; the lr selected per seed). 4: test NC1 about the test means, the trace quotient Tr S_W / Tr S_B and
+# the variability collapse index (Part II's new measures).
+FORMAT_VERSION = 4
 SELECTION_RULE = ("per run seed, the highest test accuracy at the last epoch among complete runs (paper Section 2G, "
                   "applied to each seed)")
 STATUSES = ("complete", "diverged", "running")

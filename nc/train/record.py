@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from nc import files
+from nc.measure import depth
 from nc.train import ddp
 from nc.train.variables import DEPTH_STAGES, EPOCH_VARS, geometry_dtype, snapshot_names
 
 GEOMETRY_BUDGET_BYTES = 768 * 2**20  # an ImageNet cell's stored geometry stays under this (the cube under 1 GB)
 FIG1_PAPER_EPOCHS = (2, 16, 65, 350)  # of the paper's 350 (VGG13 on CIFAR10)
-DEPTH_KEYS = ("nc1", "trace_ratio", "ncc_acc_train", "ncc_acc_test")
+DEPTH_KEYS = depth.LAYER_KEYS  # the per-block measures (nc.measure.depth), a row per DEPTH_STAGE
 
 
 def fig1_epochs(snapshot_epochs, last_epoch: int, paper_epochs=FIG1_PAPER_EPOCHS, paper_last: int = 350) -> list[int]:

@@ -8,6 +8,8 @@ paper's Section 2I extracts it with PyTorch hooks. Eval passes run in float32 wh
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -88,8 +90,14 @@ def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dic
     test_acc = eval_pass(model, data.test, bs, on_test)
     disagreements = int(ddp.sum_ints(disagree)[0])  # one sync, after the pass
     ddp.merge_accumulator(test_moments)
-    values = registry.compute(moments, W, test_moments.finalize() if len(data.test) else None,
-                              disagreements / max(1, len(data.test)))
+    test_result = test_moments.finalize() if len(data.test) else None
+    ncc_test_means = math.nan
+    if test_result is not None and bool(torch.isfinite(test_result.class_means).all()):
+        hits = []  # the second test pass: the nearest TEST class mean (Hui et al.'s reading)
+        eval_pass(model, data.test, bs,
+                  lambda h, logits, y: hits.append(followups.ncc_hits(h, y, test_result.class_means)))
+        ncc_test_means = ddp.sum_ints([int(sum(hits))])[0] / len(data.test)
+    values = registry.compute(moments, W, test_result, disagreements / max(1, len(data.test)), ncc_test_means)
     values.update(loss_terms(moments, W, b, params))
     values.update(imbalance.group_metrics(moments.class_means, moments.global_mean, W, minority(C)))
     values.update(eval_train_acc=eval_train_acc, test_acc=test_acc)
