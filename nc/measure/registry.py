@@ -40,8 +40,8 @@ def register(name: str, long_name: str, units: str, definition: str):
     """Decorator: `fn(moments, W, test)` becomes the measure `name`. `moments` are the train set's float64 moments
     (nc.measure.moments.Moments: class_means (C, p), global_mean, within_cov_means, counts, ...), `W` the classifier
     (C, p) float64, `test` the test set's moments (nc.measure.followups.TestResult: about the train means and its
-    own) or None without a test set. `definition` is the formula as the cube's attribute states it; `units` its unit ("1" for a
-    ratio)."""
+    own) or None without a test set. `definition` is the formula as the cube's attribute states it; `units` its unit
+    ("1" for a ratio)."""
     if not (isinstance(name, str) and name.isidentifier()):
         raise ValueError(f"register: name={name!r} is not a Python identifier (it becomes a cube variable)")
     for arg, value in (("long_name", long_name), ("units", units), ("definition", definition)):
