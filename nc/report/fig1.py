@@ -23,6 +23,26 @@ FIG1_SHADES = {"means": ("#9ecae1", "#3182bd", "#08306b"), "classifiers": ("#fc9
                "vertices": ("#a1d99b", "#31a354", "#00441b")}
 
 
+def open_page(profile: str, cube_dir, run: str | None = None):
+    """Open the Fig. 1 page: (the cube, its panels) after displaying the caption line; (None, []) after displaying
+    where the page looked and the command that fills it, when `cube_dir` holds no cube yet (as the other pages do)."""
+    from IPython.display import Markdown, display
+
+    from nc.report import profiles
+
+    try:
+        path = fig1_cube(cube_dir, run)
+    except FileNotFoundError:
+        if run is not None:
+            raise  # a named run that is not there is the reader's error, said as such
+        display(Markdown(profiles.no_cube_text(profile, cube_dir)))
+        return None, []
+    ds = cube.open_cube(path)
+    panels = fig1_panels(ds)
+    display(Markdown(f"Profile **{profile}**: " + caption(ds, path, panels)))
+    return ds, panels
+
+
 def fig1_cube(cube_dir, run: str | None = None) -> Path:
     """The cube Fig. 1 is drawn from: `run` (a file stem such as 'cifar10-vgg13') if given, else the VGG run of
     the first dataset column present (the paper used VGG13), else the first run of that column. A relative
