@@ -47,9 +47,17 @@ def _logits(output):
     return output[0] if isinstance(output, (tuple, list)) and output else None
 
 
-def _batches(loader, where: str, input_key, label_key, device, progress: bool):
-    """(index, x on the device, int64 labels) of each batch; an empty loader is an error."""
-    total = len(loader) if hasattr(loader, "__len__") else None
+def _length(loader):
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _batches(loader, where: str, input_key, label_key, device, progress: bool, total=None):
+    """(index, x on the device, int64 labels) of each batch; an empty loader is an error. total: the number of
+    batches for the progress bar's ETA (default len(loader) where it has one)."""
+    total = total if total is not None else _length(loader)
     n = -1
     for n, batch in enumerate(tqdm(loader, desc=f"measure {where}", total=total, disable=not progress,
                                    unit="batch")):
@@ -117,13 +125,13 @@ def train_stats(model, train, *, num_classes=None, features=None, classifier=Non
                 label_key=None, progress=True) -> TrainStats:
     """One pass over `train` (or this process's shard of it): TrainStats (nc.measure.stats), not yet merged."""
     device = _device_of(model, device)
-    it = iter(train)
+    total, it = _length(train), iter(train)
     first, C, found = _setup(model, it, num_classes, features, classifier, input_key, label_key, device)
     head_name, head = found if found is not None else (None, None)
     feat_name = network.FeatureTap(model, head, features).name if features is not None else None
     names = {"features": feat_name or f"input of {head_name or 'the model'}", "classifier": head_name or ""}
     acc = None
-    batches = _batches(itertools.chain([first], it), "train", input_key, label_key, device, progress)
+    batches = _batches(itertools.chain([first], it), "train", input_key, label_key, device, progress, total)
     for h, logits, y, _ in _Pass(model, head, features, C).run(batches, "train"):
         if acc is None:
             if head is not None and head.in_features != h.shape[1]:
