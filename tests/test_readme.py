@@ -35,3 +35,14 @@ def test_the_torch_pin_is_stated_once_and_every_file_agrees():
     floors = dict(re.findall(r'"(torch|torchvision)>=([0-9.]+)"', (ROOT / "pyproject.toml").read_text()))
     for name, pin in nox_pins.items():
         assert tuple(map(int, floors[name].split("."))) <= tuple(map(int, pin.split("."))), (name, floors, pin)
+
+
+def test_the_measure_your_own_network_example_runs():
+    """The README's Python example of the any-network API runs as printed and measures what it says."""
+    section = README[README.index("## Measure your own network"):README.index("## The cube")]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    ds = scope["ds"]
+    assert ds.attrs["features"] == "input of fc" and ds.attrs["n_train"] == 200 and ds.attrs["n_test"] == 100
+    assert ds["nc1"].item() > 0 and 0 <= ds["ncc_mismatch"].item() <= 1
