@@ -34,6 +34,7 @@ PAGES = (
     Page("fixed_etf", "A fixed simplex-ETF classifier", AFTER),
     Page("weight_decay", "Weight decay on and off", AFTER),
     Page("imbalance", "Minority collapse under class imbalance", AFTER),
+    Page("measure", "Measure your own network", AFTER),
 )
 TITLES = {p.name: p.title for p in PAGES}
 
