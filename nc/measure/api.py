@@ -189,7 +189,7 @@ def checked_moments(train: TrainStats):
     if single:
         warnings.warn(f"class(es) {single} have one train sample: their within-class variance is 0 by "
                       f"construction, so NC1 and CDNV understate their spread", CollapseWarning, stacklevel=3)
-    S = torch.linalg.svdvals(m.class_means - m.global_mean)[: train.C - 1]
+    S = m.mean_singular_values  # of M at rank C-1, from the moments' own SVD
     if S[-1] <= DEGENERATE * S[0]:
         warnings.warn(f"the class means are nearly degenerate (sigma_min/sigma_max of M = {float(S[-1] / S[0]):.2e} "
                       f"< {DEGENERATE:g}): Sigma_B^+ at rank C-1 amplifies rounding, so NC1 and test NC1 are not "
@@ -228,5 +228,20 @@ def collapse(model, train, test=None, *, num_classes=None, features=None, classi
                                                else math.nan)
         ds = from_stats(tr, te, fool)
         if layers is not None:
-            raise NotImplementedError("layers= is not implemented yet")
+            by_depth = _by_depth(model, layers, pool, train, test, tr.C, kw)
+            ds = ds.merge(by_depth, combine_attrs="override").assign_attrs(by_depth.attrs | ds.attrs)
     return ds
+
+
+def _by_depth(model, layers, pool, train, test, C, kw):
+    """Collapse by depth (nc.measure.layers): train and test are read again, so they must be re-iterable."""
+    from nc.measure import layers as layers_mod
+
+    for name, data in (("train", train), ("test", test)):
+        if data is not None and iter(data) is data:
+            raise ValueError(f"layers= reads {name}= again (two or three more passes): pass a list or a DataLoader, "
+                             f"not a one-shot iterator")
+    keys = dict(input_key=kw["input_key"], label_key=kw["label_key"], device=kw["device"], progress=False)
+    again = lambda data, where: (lambda: ((x, y) for _, x, y in _batches(data, where, **keys)) if data is not None
+                                 else iter(()))
+    return layers_mod.dataset(model, layers, again(train, "train"), again(test, "test"), C, pool)

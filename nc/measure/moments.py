@@ -53,6 +53,7 @@ class Moments:
     sigma_w: torch.Tensor       # (p, p) Sigma_W = Ave_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T
     class_var: torch.Tensor     # (C,) Var_c = Ave_{i in c} ||h_i - mu_c||^2
     between_trace: float        # Tr(Sigma_B) = ||M||_F^2 / C
+    mean_singular_values: torch.Tensor | None = None  # (C-1,) the largest singular values of M, descending
 
 
 class ClassStats:
@@ -171,7 +172,7 @@ def _moments_from(counts, mu, sigma_w, class_var, centred=None) -> Moments:
     else:
         nc1 = ((centred @ U) / S).pow(2).sum(dim=1).mean().item()
     return Moments(counts, mu, mu_g, M.T @ sigma_w @ M, torch.trace(sigma_w).item(), nc1, sigma_w, class_var,
-                   M.pow(2).sum().item() / M.shape[1])
+                   M.pow(2).sum().item() / M.shape[1], S)
 
 
 class CollapseAccumulator:
