@@ -67,8 +67,9 @@ def run(*argv):
 
 def test_the_command_on_an_npz_equals_the_api_on_the_same_data(npz, model_file, tmp_path, capsys):
     out = tmp_path / "r.nc"
-    assert run("--model", f"{model_file}:build", "--data", f"npz:{npz}", "--out", out) == 0
+    assert run("--model", f"{model_file}:build", "--data", f"npz:{npz}", "--out", out, "--layers", "1,2") == 0
     ds = xr.open_dataset(out, engine="netcdf4")
+    assert list(ds["layer_name"].values) == ["1", "2"] and ds["depth_nc1"].attrs["units"] == "1"
     expected = by_api(tiny(), data.load_path(f"npz:{npz}"))
     assert_same(ds, expected)
     assert ds.attrs["n_train"] == 30 and ds.attrs["n_test"] == 12 and ds.attrs["classifier"] == "3"

@@ -57,6 +57,9 @@ def parser(prog: str = "python -m nc.collapse") -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--features", default=None, help="module whose output is h (default: the input of the head)")
     p.add_argument("--classifier", default=None, help="the head, an nn.Linear (default: the one with C outputs)")
+    p.add_argument("--layers", default=None, help="collapse by depth: blocks, all, or module names (a,b,c)")
+    p.add_argument("--pool", default="mean", choices=("mean", "flatten"), help="--layers' features: "
+                   "global-average-pooled (default) or flattened")
     p.add_argument("--robustness-images", type=int, default=0, help="DeepFool on that many test images (Fig. 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subsets and of the random weights")
     p.add_argument("--out", default=None, help="write the result: .nc (NetCDF, every array) or .csv (one row per "
@@ -153,7 +156,8 @@ def run(args) -> xr.Dataset:
     model.to(device)
     train = Batches(data.train, args.batch_size, channels)
     test = Batches(data.test, args.batch_size, channels) if "test" in splits else None
-    kw = dict(num_classes=C, features=args.features, classifier=args.classifier,
+    layers = args.layers if args.layers in (None, "blocks", "all") else args.layers.split(",")
+    kw = dict(num_classes=C, features=args.features, classifier=args.classifier, layers=layers, pool=args.pool,
               robustness_images=args.robustness_images, device=device, progress=not args.no_progress)
     files = checkpoints.series(args.checkpoints) if args.checkpoints else [(None, args.weights)]
     results = []
