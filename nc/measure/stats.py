@@ -24,7 +24,7 @@ from nc.measure import distributed
 from nc.measure.followups import TestAccumulator
 from nc.measure.moments import ClassStats, Moments, _moments_from
 
-FORMAT = "nc-collapse-stats-1"
+FORMAT = "nc-collapse-stats-2"  # 2: the scatter kept about the class shifts (ClassStats.raw)
 
 
 def _fingerprint(m: Moments) -> str:
