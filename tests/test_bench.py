@@ -62,10 +62,15 @@ def test_quick_bench_writes_json_and_markdown(tmp_path, capsys, one_thread):
     assert all(r["device"].startswith("cpu") for r in records)
     what, cfg = by_what(records), bench.QUICK
     units = {"metric_time": "x", "nc1_rel_error": "1", "train_throughput": "x", "tpt_cost": "x",
-             "snapshot_cost": "x", "layer_cost": "x", "store_throughput": "x", "bf16_check": "1"}
+             "snapshot_cost": "x", "layer_cost": "x", "store_throughput": "x", "bf16_check": "1", "collapse_time": "x",
+             "collapse_memory": "x", "collapse_memory_formula": "MiB", "collapse_nc1_rel_error": "1"}
     assert set(what) == set(units)
     for name, unit in units.items():
         assert all(r["unit"] == unit for r in what[name]), name
+    # the any-network measurement: four time ratios, four memory ratios, ours exact against the float64 reference
+    assert len(what["collapse_time"]) == 4 and len(what["collapse_memory"]) == 4
+    errors = {r["method"]: r["value"] for r in what["collapse_nc1_rel_error"]}
+    assert errors["ours"] < 1e-12 and errors["two_pass"] < 1e-12
     # item 1: one time ratio and two errors (ours, the notebook's) per (N, p, C); the C=100 case is extrapolated
     assert [r["setting"].split(":")[0] for r in what["metric_time"]] == [
         f"N={n} p={p} C={c}" for n, p, c in cfg["metric_cases"]]

@@ -45,3 +45,14 @@ def test_every_nox_session_and_lab_page_the_readme_shows_exists():
 
     for page in re.findall(r"nox -s lab -- ([\w/.]+)", README):
         assert (ROOT / lab.page_path(page)).is_file(), page
+
+
+def test_the_measure_your_own_network_example_runs():
+    """The README's Python example of the any-network API runs as printed and measures what it says."""
+    section = README[README.index("## Measure your own network"):README.index("## The cube")]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    ds = scope["ds"]
+    assert ds.attrs["features"] == "input of fc" and ds.attrs["n_train"] == 200 and ds.attrs["n_test"] == 100
+    assert ds["nc1"].item() > 0 and 0 <= ds["ncc_mismatch"].item() <= 1

@@ -1,6 +1,9 @@
 """Benchmarks (`nox -s bench`): what the replication costs, each as a ratio against a baseline measured in the same
 run (on a shared machine only ratios within one run mean something). Cases and baselines: nc.bench.cases.
 
+1b. collapse_time / collapse_memory (nc.bench.collapse): nc.measure.collapse on N=100k float32 features at
+   p=2048, C=1000 through an identity model against the notebook's method, an all-in-memory float64 numpy
+   reference, a two-pass pooled-covariance accumulator and the floor (one float64 H^T H), with peak RSS of each.
 1. metric_time: seconds of NC1 from N=50k float32 features (p=512, C=10 and 100, batches of 1000) by the authors'
    notebook's method (neuralcollapse/neuralcollapse, neuralcollapse.ipynb, `analysis`) / by ours (nc.measure's
    streaming float64 CollapseAccumulator); nc1_rel_error: each one's |NC1 - ref| / ref against a float64 numpy
@@ -36,6 +39,7 @@ import torch
 
 from nc import files, paths, train
 from nc.bench import cases, streaming
+from nc.bench import collapse as collapse_case
 from nc.bench.records import DEMO, Records, cell_params, demo_data, device_name, jsonable, metric_records, slug  # noqa: F401
 
 ROOT = paths.ROOT
@@ -45,6 +49,9 @@ FULL = {
     "metric_batch": 1000,
     "authors_probe_n": 5000,   # the notebook's method is first timed on this many rows ...
     "authors_max_s": 120.0,    # ... and run on all N only if the linear extrapolation stays under this
+    "collapse_case": (100000, 2048, 1000),  # N, p, C of the any-network measurement (nc.bench.collapse)
+    "collapse_batch": 2000,
+    "collapse_probe_n": 2000,  # the notebook's method on this many rows, scaled linearly in N
     "cells": ["demo-vgg11", "demo-resnet18", "demo-densenet40"],
     "overrides": {},
     "repeats": {"cpu": 3, "cuda": 3},  # epochs per loop (interleaved, best kept); passes: 1 on CPU
@@ -56,6 +63,9 @@ QUICK = {
     "metric_cases": [(2000, 64, 10), (2000, 128, 100)],
     "authors_probe_n": 1000,
     "authors_max_s": {10: 60.0, 100: 0.0},  # C=10 runs in full, C=100 is scaled: both paths run
+    "collapse_case": (3000, 128, 20),
+    "collapse_batch": 500,
+    "collapse_probe_n": 500,
     "cells": ["demo-vgg11"],
     "overrides": {"width": 0.125, "n_per_class": 20, "test_n_per_class": 10, "robustness_images": 2},
     "repeats": {"cpu": 1, "cuda": 1},
@@ -105,13 +115,22 @@ def network_records(rec: Records, cfg: dict, device, log=print) -> None:
                       note="made at up to 3 epochs of a run (first snapshot, TPT start, last snapshot)")
 
 
-def run(quick: bool = False, device=None, log=print, rec: Records | None = None) -> Records:
+CASES = ("metric", "collapse", "network")
+
+
+def run(quick: bool = False, device=None, log=print, rec: Records | None = None, only=CASES) -> Records:
     """Every measurement of the CPU/default configuration on `device` (default: as nc.train picks) into `rec`
-    (default: new Records; give one with on_record / budget_s to write as it goes or to bound the time)."""
+    (default: new Records; give one with on_record / budget_s to write as it goes or to bound the time); `only`:
+    the groups of CASES to run."""
     cfg = QUICK if quick else FULL
     device = train.pick_device("auto") if device is None else torch.device(device)
     rec = Records(device, log) if rec is None else rec
-    metric_records(rec, cfg, device, log)
+    if "metric" in only:
+        metric_records(rec, cfg, device, log)
+    if "collapse" in only:
+        collapse_case.records(rec, cfg, log)
+    if "network" not in only:
+        return rec
     network_records(rec, cfg, device, log)
     streaming.store_records(rec, cfg, device, log)
     rec.skipped("bf16_check", "1", "bf16 vs float32 training curves (every snapshot metric)",
@@ -166,7 +185,12 @@ def main(argv=None) -> None:
     parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                         help="start no case after this many seconds (those left are recorded as skipped); the GPU "
                              "suite's default is its own (FULL: 420 s)")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"CPU suite: the groups to run, of {','.join(CASES)} "
+                        "(a subset writes bench-<device>-<groups>.json / .md)")
     args = parser.parse_args(argv)
+    only = tuple(c.strip() for c in args.cases.split(",") if c.strip())
+    if not set(only) <= set(CASES):
+        parser.error(f"--cases {args.cases!r}: choose from {', '.join(CASES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -182,12 +206,12 @@ def main(argv=None) -> None:
         stem = "bench-" + slug(torch.cuda.get_device_name(device))
     else:
         device = train.pick_device(args.device)
-        stem = f"bench-{device.type}"
+        stem = f"bench-{device.type}" + ("" if set(only) == set(CASES) else "-" + "-".join(only))
         if device.type == "cuda":
             print(GPU_SUITE_LINE.format(device=torch.cuda.get_device_name(device)), flush=True)
     rec = Records(device, on_record=lambda records: write(records, args.out, stem),
                   budget_s=None if args.gpu else args.budget)
-    records = bench_gpu.run(cfg, device, rec) if args.gpu else run(args.quick, device, rec=rec)
+    records = bench_gpu.run(cfg, device, rec) if args.gpu else run(args.quick, device, rec=rec, only=only)
     json_path, md_path = write(records, args.out, stem)
     print("\n" + table(records))
     print(f"wrote {json_path} and {md_path} (rewritten after every record) in {time.perf_counter() - t0:.0f} s")

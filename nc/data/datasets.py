@@ -198,6 +198,32 @@ def load(name, *, n_per_class=None, test_n_per_class=None, image_size=None, devi
                                  f"NC_NPZ_DIR (the format is described in the README)")
     pick = _picker(name, n_per_class, test_n_per_class, seed, class_counts, imbalance_ratio)
     raw = _read(name, npz_dir, npz_file, paths.data_root(root), image_size, download, pick)
+    return _standardised(name, raw, device, image_size, standardize_by)
+
+
+def load_path(spec: str, *, n_per_class=None, test_n_per_class=None, image_size=None, device="cpu", seed=0,
+              standardize_by="channel"):
+    """A dataset that is not registered, from a file: "npz:PATH" (the .npz format of the README) or
+    "imagefolder:PATH" (PATH/train/<class>/* and PATH/val or PATH/test; decoded at image_size, default
+    IMAGENET_IMAGE_SIZE), subsampled and standardised exactly as `load` does (same arguments)."""
+    kind, _, path = spec.partition(":")
+    if kind not in ("npz", "imagefolder") or not path:
+        raise ValueError(f"data {spec!r}: expected npz:PATH or imagefolder:PATH")
+    if standardize_by not in STANDARDIZE:
+        raise ValueError(f"standardize must be one of {STANDARDIZE}, got {standardize_by!r}")
+    path = os.path.expanduser(path)
+    pick = _picker(spec, n_per_class, test_n_per_class, seed, None, None)
+    if kind == "npz":
+        raw = sources.npz(spec, path, pick)
+    else:
+        image_size = image_size or IMAGENET_IMAGE_SIZE
+        raw = sources.image_folder(path, image_size, pick)
+    return _standardised(os.path.splitext(os.path.basename(path.rstrip("/")))[0], raw, device, image_size,
+                         standardize_by)
+
+
+def _standardised(name, raw, device, image_size, standardize_by) -> Data:
+    """Data from a source's raw uint8 splits: floats in [0, 1], resized, standardised with train statistics."""
     x_train, y_train, x_test, y_test, layout, class_names, source = raw
     x_train, x_test = _to_float(x_train, layout, device, image_size), _to_float(x_test, layout, device, image_size)
     x_train, x_test, mean, std = standardize(x_train, x_test, standardize_by)

@@ -107,23 +107,36 @@ def torchvision(name, root, download, pick):
 
 
 def imagefolder(root, image_size, pick):
+    """ImageNet from <root>/imagenet/{train,val} (see image_folder)."""
+    folder = os.path.join(root, "imagenet")
+    try:
+        return image_folder(folder, image_size, pick, test_dir="val", name="imagenet")
+    except DatasetUnavailable as err:
+        raise DatasetUnavailable(
+            f"{err}. To get it: put ImageNet (ILSVRC-2012, which cannot be downloaded automatically) as "
+            f"{folder}/train/<wnid>/*.JPEG and {folder}/val/<wnid>/*.JPEG (val sorted into class folders), "
+            f"set root= / NC_DATA_ROOT to the folder above 'imagenet', or pass npz_dir= / set NC_NPZ_DIR "
+            f"(and npz_file=, e.g. 'imagenet32_tiny200.npz') to an .npz subset. At 224 px, prepare a "
+            f"streamed store instead: python -m nc.prepare imagenet --from <ImageFolder root>.") from err
+
+
+def image_folder(folder, image_size, pick, test_dir=None, name=None):
+    """An ImageFolder tree <folder>/train/<class>/* and <folder>/<test_dir>/<class>/* (test_dir None: "val" or
+    "test", whichever exists), decoded, resized on the short side and centre-cropped to image_size, as uint8 NCHW."""
     import torchvision.datasets as tvd
     import torchvision.transforms as T
-    folder = os.path.join(root, "imagenet")
+    name = name or f"imagefolder:{folder}"
+    if test_dir is None:
+        test_dir = next((d for d in ("val", "test") if os.path.isdir(os.path.join(folder, d))), "val")
     tf = T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size), T.PILToTensor()])
     splits, classes = {}, None
     for split in ("train", "test"):
-        path = os.path.join(folder, "train" if split == "train" else "val")
+        path = os.path.join(folder, "train" if split == "train" else test_dir)
         try:
             ds = tvd.ImageFolder(path, transform=tf)
         except Exception as err:  # FileNotFoundError: no folder, or no class folders / images in it
-            raise DatasetUnavailable(
-                f"dataset 'imagenet' is not available: no ImageFolder at {path} ({type(err).__name__}: {err}). "
-                f"To get it: put ImageNet (ILSVRC-2012, which cannot be downloaded automatically) as "
-                f"{folder}/train/<wnid>/*.JPEG and {folder}/val/<wnid>/*.JPEG (val sorted into class folders), "
-                f"set root= / NC_DATA_ROOT to the folder above 'imagenet', or pass npz_dir= / set NC_NPZ_DIR "
-                f"(and npz_file=, e.g. 'imagenet32_tiny200.npz') to an .npz subset. At 224 px, prepare a "
-                f"streamed store instead: python -m nc.prepare imagenet --from <ImageFolder root>.") from err
+            raise DatasetUnavailable(f"dataset {name!r} is not available: no ImageFolder at {path} "
+                                     f"({type(err).__name__}: {err})") from err
         if classes is not None and ds.classes != classes:
             raise DataError(f"{path}: class folders differ from those of the train folder")
         classes = ds.classes

@@ -47,9 +47,17 @@ def _logits(output):
     return output[0] if isinstance(output, (tuple, list)) and output else None
 
 
-def _batches(loader, where: str, input_key, label_key, device, progress: bool):
-    """(index, x on the device, int64 labels) of each batch; an empty loader is an error."""
-    total = len(loader) if hasattr(loader, "__len__") else None
+def _length(loader):
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _batches(loader, where: str, input_key, label_key, device, progress: bool, total=None):
+    """(index, x on the device, int64 labels) of each batch; an empty loader is an error. total: the number of
+    batches for the progress bar's ETA (default len(loader) where it has one)."""
+    total = total if total is not None else _length(loader)
     n = -1
     for n, batch in enumerate(tqdm(loader, desc=f"measure {where}", total=total, disable=not progress,
                                    unit="batch")):
@@ -117,13 +125,13 @@ def train_stats(model, train, *, num_classes=None, features=None, classifier=Non
                 label_key=None, progress=True) -> TrainStats:
     """One pass over `train` (or this process's shard of it): TrainStats (nc.measure.stats), not yet merged."""
     device = _device_of(model, device)
-    it = iter(train)
+    total, it = _length(train), iter(train)
     first, C, found = _setup(model, it, num_classes, features, classifier, input_key, label_key, device)
     head_name, head = found if found is not None else (None, None)
     feat_name = network.FeatureTap(model, head, features).name if features is not None else None
     names = {"features": feat_name or f"input of {head_name or 'the model'}", "classifier": head_name or ""}
     acc = None
-    batches = _batches(itertools.chain([first], it), "train", input_key, label_key, device, progress)
+    batches = _batches(itertools.chain([first], it), "train", input_key, label_key, device, progress, total)
     for h, logits, y, _ in _Pass(model, head, features, C).run(batches, "train"):
         if acc is None:
             if head is not None and head.in_features != h.shape[1]:
@@ -173,7 +181,7 @@ def checked_moments(train: TrainStats):
     if single:
         warnings.warn(f"class(es) {single} have one train sample: their within-class variance is 0 by "
                       f"construction, so NC1 and CDNV understate their spread", CollapseWarning, stacklevel=3)
-    S = torch.linalg.svdvals(m.class_means - m.global_mean)[: train.C - 1]
+    S = m.mean_singular_values  # of M at rank C-1, from the moments' own SVD
     if S[-1] <= DEGENERATE * S[0]:
         warnings.warn(f"the class means are nearly degenerate (sigma_min/sigma_max of M = {float(S[-1] / S[0]):.2e} "
                       f"< {DEGENERATE:g}): Sigma_B^+ at rank C-1 amplifies rounding, so NC1 and test NC1 are not "
@@ -212,5 +220,20 @@ def collapse(model, train, test=None, *, num_classes=None, features=None, classi
                                                else math.nan)
         ds = from_stats(tr, te, fool)
         if layers is not None:
-            raise NotImplementedError("layers= is not implemented yet")
+            by_depth = _by_depth(model, layers, pool, train, test, tr.C, kw)
+            ds = ds.merge(by_depth, combine_attrs="override").assign_attrs(by_depth.attrs | ds.attrs)
     return ds
+
+
+def _by_depth(model, layers, pool, train, test, C, kw):
+    """Collapse by depth (nc.measure.layers): train and test are read again, so they must be re-iterable."""
+    from nc.measure import layers as layers_mod
+
+    for name, data in (("train", train), ("test", test)):
+        if data is not None and iter(data) is data:
+            raise ValueError(f"layers= reads {name}= again (two or three more passes): pass a list or a DataLoader, "
+                             f"not a one-shot iterator")
+    keys = dict(input_key=kw["input_key"], label_key=kw["label_key"], device=kw["device"], progress=False)
+    again = lambda data, where: (lambda: ((x, y) for _, x, y in _batches(data, where, **keys)) if data is not None
+                                 else iter(()))
+    return layers_mod.dataset(model, layers, again(train, "train"), again(test, "test"), C, pool)

@@ -53,18 +53,24 @@ class Moments:
     sigma_w: torch.Tensor       # (p, p) Sigma_W = Ave_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T
     class_var: torch.Tensor     # (C,) Var_c = Ave_{i in c} ||h_i - mu_c||^2
     between_trace: float        # Tr(Sigma_B) = ||M||_F^2 / C
+    mean_singular_values: torch.Tensor | None = None  # (C-1,) the largest singular values of M, descending
 
 
 class ClassStats:
     """Streaming per-class counts, means and within-class second moments, float64, memory O(p^2 + C p).
 
-    Chan, Golub & LeVeque's pairwise update: a batch's class counts n_b, means and centred scatter are
-    exact (centred on the batch's own class means); merging with the running state (n_a, means) adds,
-    per class, n_a n_b / (n_a + n_b) delta delta^T with delta = batch mean - running mean. Features are
+    Chan, Golub & LeVeque's pairwise update: a batch's class counts n_b, means and centred sums of squares
+    are exact (centred on the batch's own class means); merging with the running state (n_a, means) adds,
+    per class, n_a n_b / (n_a + n_b) ||delta||^2 with delta = batch mean - running mean. Features are
     first shifted by one stored sample of their class (exact subtraction where the offset dominates), so
     the means being merged are O(spread), not O(offset): with a 1e6 offset and a 1e-4 spread, unshifted
     Chan loses ~1e-7 relative in Var_c (each mean carries ulp(1e6) ~ 1e-10); shifted it stays ~1e-12.
-    `scatter` (the p x p within-class M2 summed over classes) is kept only if `with_scatter`."""
+
+    The p x p within-class scatter (kept only if `with_scatter`) is accumulated about the same shifts:
+    raw = sum_i z_i z_i^T with z_i = h_i - shift_{y_i}, one GEMM per batch and no per-class term, and only its
+    upper block triangle (column blocks of BLOCK: about half the flops of a full z^T z; `symmetric_update`);
+    `scatter` = raw - sum_c n_c r_c r_c^T (r_c = mean of z in class c) when read. The shift keeps z at
+    O(spread), so that subtraction loses about one bit on average (the shift is a sample of its class)."""
 
     def __init__(self, num_classes: int, feature_dim: int, device="cpu", with_scatter: bool = True):
         self.C, self.p, self.device = num_classes, feature_dim, torch.device(device)
@@ -73,7 +79,7 @@ class ClassStats:
         self.shift = zeros(num_classes, feature_dim)      # one sample of each class (0 until seen)
         self.resid = zeros(num_classes, feature_dim)      # running class mean - shift
         self.class_m2 = zeros(num_classes)                # sum_{i in c} ||h_i - mu_c||^2
-        self.scatter = zeros(feature_dim, feature_dim) if with_scatter else None
+        self.raw = zeros(feature_dim, feature_dim) if with_scatter else None  # sum z z^T, upper block triangle
 
     def update(self, features, labels) -> None:
         h = torch.as_tensor(features).to(self.device)  # promoted to float64 (exactly) by the shift below
@@ -86,19 +92,28 @@ class ClassStats:
         new = (n_b > 0) & (self.counts == 0)
         self.shift = torch.where(new[:, None], h[first].to(torch.float64), self.shift)
         shifted = h - self.shift[y]
+        if self.raw is not None:
+            symmetric_update(self.raw, shifted)
         mean_b = torch.zeros_like(self.resid).index_add_(0, y, shifted) / n_b.clamp(min=1)[:, None]
         centred = shifted.sub_(mean_b[y])  # in place: `shifted` is this call's own tensor
         m2_b = torch.zeros_like(self.class_m2).index_add_(0, y, torch.linalg.vecdot(centred, centred))
         n = self.counts + n_b
         delta = mean_b - self.resid  # meaningless where n_b = 0, but its weight is 0 there
         weight = self.counts * n_b / n.clamp(min=1)
-        if self.scatter is not None:
-            self.scatter.addmm_(centred.T, centred).addmm_((delta * weight[:, None]).T, delta)
         self.class_m2 += m2_b + weight * delta.pow(2).sum(dim=1)
         self.resid += delta * (n_b / n.clamp(min=1))[:, None]
         self.counts = n
 
-    STATE = ("counts", "shift", "resid", "class_m2", "scatter")  # its tensors, for distributed.merge_accumulator
+    STATE = ("counts", "shift", "resid", "class_m2", "raw")  # its tensors, for distributed.merge_accumulator
+
+    @property
+    def scatter(self) -> torch.Tensor | None:
+        """The within-class scatter sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T (p x p, symmetric), or None."""
+        if self.raw is None:
+            return None
+        raw = torch.triu(self.raw)
+        raw = raw + torch.triu(self.raw, 1).T
+        return raw - (self.resid * self.counts[:, None]).T @ self.resid
 
     def merge(self, other: ClassStats) -> None:
         """Add another accumulator's samples (same C and p): Chan's pairwise update of the two states, exact as
@@ -108,10 +123,13 @@ class ClassStats:
         shift_b, resid_b = other.shift.to(self.device), other.resid.to(self.device)
         delta = (shift_b - self.shift) + (resid_b - self.resid)  # other's mean - this mean, both O(spread)
         weight = n_a * n_b / n.clamp(min=1)
-        if self.scatter is not None:
-            self.scatter = self.scatter + other.scatter.to(self.device) + (delta * weight[:, None]).T @ delta
-        self.class_m2 = self.class_m2 + other.class_m2.to(self.device) + weight * delta.pow(2).sum(dim=1)
         fresh = (n_a == 0)[:, None]  # classes only the other has seen: take its state as it is
+        if self.raw is not None:  # the other's raw moved to this one's shifts: z_a = z_b + d
+            d = torch.where(fresh | (n_b == 0)[:, None], 0.0, shift_b - self.shift)
+            nr = resid_b * n_b[:, None]
+            cross = nr.T @ d
+            self.raw = self.raw + other.raw.to(self.device) + cross + cross.T + (d * n_b[:, None]).T @ d
+        self.class_m2 = self.class_m2 + other.class_m2.to(self.device) + weight * delta.pow(2).sum(dim=1)
         self.resid = torch.where(fresh, resid_b, self.resid + delta * (n_b / n.clamp(min=1))[:, None])
         self.shift = torch.where(fresh, shift_b, self.shift)
         self.counts = n
@@ -127,6 +145,22 @@ class ClassStats:
             raise FloatingPointError("non-finite features: the network has diverged")
 
 
+BLOCK = 256  # column block of symmetric_update
+
+
+def symmetric_update(raw: torch.Tensor, z: torch.Tensor, block: int = BLOCK) -> None:
+    """raw += z^T z on and above the diagonal blocks only (in place): for each row block [s, e) of BLOCK rows,
+    raw[s:e, s:] += z[:, s:e]^T z[:, s:], one GEMM per block; p^2 B (1 + BLOCK/p) flops instead of 2 p^2 B. The
+    entries below the diagonal blocks are left as they are (read the upper triangle, ClassStats.scatter)."""
+    p = raw.shape[0]
+    if p <= block:
+        raw.addmm_(z.T, z)
+        return
+    for s in range(0, p, block):
+        e = min(p, s + block)
+        raw[s:e, s:].addmm_(z[:, s:e].T, z[:, s:])
+
+
 def _moments_from(counts, mu, sigma_w, class_var, centred=None) -> Moments:
     """Moments from class counts, means, Sigma_W and Var_c. NC1 = Ave_i ||M^+(h_i - mu_{y_i})||^2 from the
     centred features if given, else Tr(U^T Sigma_W U S^-2) on the mean span (M = U S V^T at rank C-1)."""
@@ -138,7 +172,7 @@ def _moments_from(counts, mu, sigma_w, class_var, centred=None) -> Moments:
     else:
         nc1 = ((centred @ U) / S).pow(2).sum(dim=1).mean().item()
     return Moments(counts, mu, mu_g, M.T @ sigma_w @ M, torch.trace(sigma_w).item(), nc1, sigma_w, class_var,
-                   M.pow(2).sum().item() / M.shape[1])
+                   M.pow(2).sum().item() / M.shape[1], S)
 
 
 class CollapseAccumulator:

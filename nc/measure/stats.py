@@ -24,7 +24,9 @@ from nc.measure import distributed
 from nc.measure.followups import TestAccumulator
 from nc.measure.moments import ClassStats, Moments, _moments_from
 
-FORMAT = "nc-collapse-stats-2"  # 2: the test pass keeps the p x p scatter about the test means
+# 2: the scatter kept about the class shifts (ClassStats.raw); 3: the test pass also keeps its p x p scatter about
+# the test means
+FORMAT = "nc-collapse-stats-3"
 
 
 def _fingerprint(m: Moments) -> str:

@@ -217,7 +217,7 @@ def write_toc(d: Path) -> None:
             shutil.copy(BOOK / extra, d / extra)
     built = {p.name for p in pages.book_pages() if (d / "figures" / f"{p.name}.ipynb").is_file()}
     parts = [(part, [f"figures/{p.name}" for p in pages.book_pages() if p.part == part and p.name in built])
-             for part in (pages.PAPER, pages.AFTER)]
+             for part in pages.PARTS]
     runs = sorted(f"runs/{p.stem}" for p in (d / "runs").glob("*.ipynb"))
     followup_runs = sorted(f"{RUN_FOLDERS[FOLLOWUPS]}/{p.stem}" for p in (d / RUN_FOLDERS[FOLLOWUPS]).glob("*.ipynb"))
     methods = [Path(n).stem for n in STATIC if (d / n).is_file()]

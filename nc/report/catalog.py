@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-PAPER, AFTER = "The paper's figures", "After the paper"
+PAPER, AFTER, OWN = "The paper's figures", "After the paper", "Your own network and measures"
+PARTS = (PAPER, AFTER, OWN)  # the book's parts of figure pages, in order
 MORE = "more"  # the page that draws every figure added with `figure` without a page of its own
 
 
@@ -37,7 +38,8 @@ PAGES = (
     Page("fixed_etf", "A fixed simplex-ETF classifier", AFTER),
     Page("weight_decay", "Weight decay on and off", AFTER),
     Page("imbalance", "Minority collapse under class imbalance", AFTER),
-    Page(MORE, "More measures", AFTER),
+    Page("measure", "Measure your own network", OWN),
+    Page(MORE, "More measures", OWN),
 )
 TITLES = {p.name: p.title for p in PAGES}
 
@@ -118,7 +120,7 @@ def book_pages() -> tuple:
 def index_html(present=None) -> str:
     """The list of pages, linked, grouped by part (for the intro); `present`: the page names that exist."""
     out = []
-    for part in (PAPER, AFTER):
+    for part in PARTS:
         items = [p for p in PAGES if p.part == part and (present is None or p.name in present)]
         if items:
             out.append(f"<p><b>{part}</b></p><ul>" + "".join(
