@@ -182,7 +182,7 @@ class TestAccumulator:
         self.stats.update(h, y)
 
     # its tensors, for nc.measure.distributed.merge_accumulator
-    STATE = ("sq_sum", "stats.counts", "stats.shift", "stats.resid", "stats.class_m2", "stats.scatter")
+    STATE = ("sq_sum", *("stats." + n for n in ClassStats.STATE))  # nc.measure.distributed.merge_accumulator
 
     def merge(self, other: TestAccumulator) -> None:
         """Add another accumulator's test samples (same train moments): sums add, class statistics Chan-merge."""
