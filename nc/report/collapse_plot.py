@@ -28,14 +28,14 @@ def draw(ds: xr.Dataset, figures=FIGURES):
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.1 * rows), squeeze=False, layout="constrained")
     epochs = ds["epoch"].values
     for ax, name in zip(axes.flat, figures):
-        curves, ylabel, logy, _ = GRID_PAGES[name]
-        for var, colour, label in curves:
+        entry = GRID_PAGES[name]
+        for var, colour, label in entry.curves:
             if var in ds and np.isfinite(ds[var].values).any():
                 ax.plot(epochs, ds[var].values, "o-", ms=3, color=COLOURS.get(colour, colour), label=label)
-        ax.set_yscale("log" if logy else "linear")
+        ax.set_yscale("log" if entry.log else "linear")
         ax.set_title(TITLES[name].split(" — ")[0] + " — " + TITLES[name].split(" — ")[-1], fontsize=9)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(entry.ylabel)
         if ax.lines:
             ax.legend(fontsize=8)
     for ax in axes.flat[n:]:
