@@ -50,6 +50,17 @@ def test_layers_equal_moments_of_the_features_by_hand(pool):
     assert ds["depth_nc1"].attrs["definition"].startswith(depth.DEFINITIONS["depth_nc1"][:40])
     assert ("flattened" in ds["depth_nc1"].attrs["definition"]) == (pool == "flatten")
     assert np.isfinite(ds["depth_rho"].item()) and "nc1" in ds
+    assert ("depth_flat_nc1" in ds) == (pool == "mean")  # flattened, depth_nc1 IS the flattened NC1
+
+
+def test_the_pooled_run_flattened_measures_equal_the_flattened_pool():
+    """Two implementations of the flattened NC1 (the cube's depth.layer_collapse beside the pooled measures, and
+    layers.flattened for pool="flatten") agree in float64 on the same features."""
+    model, train, test, _ = model_and_batches()
+    pooled = measure.collapse(model, train, test, layers=["0", "2"], pool="mean", progress=False)
+    flat = measure.collapse(model, train, test, layers=["0", "2"], pool="flatten", progress=False)
+    np.testing.assert_allclose(pooled["depth_flat_nc1"].values, flat["depth_nc1"].values, rtol=1e-10)
+    np.testing.assert_allclose(pooled["depth_flat_trace_ratio"].values, flat["depth_trace_ratio"].values, rtol=1e-10)
 
 
 def test_all_children_and_one_shot_iterators():

@@ -105,11 +105,12 @@ def dataset(model, layers, train_batches, test_batches, num_classes: int, pool: 
     fn = depth.layer_collapse if pool == "mean" else flattened
     out = fn(model, mods, train_batches, test_batches, num_classes)
     a, rho, r2 = depth.fit_depth_decay(out["nc1"], num_classes)
-    ds = xr.Dataset({f"depth_{k}": ("layer", out[k]) for k in depth.LAYER_KEYS},
+    keys = [k for k in depth.LAYER_KEYS if k in out]  # flattened: nc1 and trace_ratio ARE the flattened measures
+    ds = xr.Dataset({f"depth_{k}": ("layer", out[k]) for k in keys},
                     coords={"layer_name": ("layer", out["names"]), "layer_width": ("layer", out["widths"])})
     ds["depth_rho"], ds["depth_r2"] = xr.DataArray(rho), xr.DataArray(r2)
     how = "flattened to (B, p_l)" if pool == "flatten" else "global-average-pooled over space to (B, p_l)"
-    for k in (*depth.DEPTH_METRICS, *depth.DEPTH_FIT):
+    for k in (*(f"depth_{k}" for k in keys), *depth.DEPTH_FIT):
         ds[k].attrs.update(long_name=depth.LONG_NAMES[k], units=depth.UNITS[k],
                            definition=depth.DEFINITIONS[k].replace("global-average-pooled over space to (B, p_l)",
                                                                    how))
