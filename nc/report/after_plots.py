@@ -1,12 +1,14 @@
 """The figures of the book's "After the paper" pages (matplotlib): collapse by depth per cell, the MSE loss's
-central-path terms stacked to the total, two or more follow-up runs side by side, and minority collapse against
-the imbalance ratio. Red vertical lines mark each run's TPT start, as in the paper's figures."""
+central-path terms stacked to the total, two or more follow-up runs side by side, minority collapse against
+the imbalance ratio, and transfer to held-out classes with NC5. Red vertical lines mark each run's TPT start, as in
+the paper's figures."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
+from nc.measure import transfer
 from nc.report.grid import BLUE, ORANGE, RED
 
 STAGE_COLOURS = {"first": "#9ecae1", "tpt": "#3182bd", "last": "#08306b"}
@@ -123,5 +125,33 @@ def depth_residual_figure(cells_depth: list[dict], residuals):
     ax.axhline(0.0, color="0.5", lw=0.8)
     ax.set(xlabel="block l", ylabel="residual of log(C NC1_l)", title="the depth law's residuals, last snapshot")
     ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def transfer_figure(ds: xr.Dataset):
+    """The transfer run: CDNV of the held-out classes beside the trained classes' (log), the few-shot
+    nearest-class-centre accuracy on the held-out classes with its chance level, and NC5 (held-out classes as the
+    OOD set), uncentred and centred. The red line marks the TPT start."""
+    params = ds.attrs.get("params", {})
+    held = params.get("held_out_classes") or []
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, panels in ((a, (("transfer_cdnv", "held-out classes", ORANGE), ("cdnv_train", "trained classes", BLUE))),
+                       (b, (("transfer_ncc_acc", "held-out classes", ORANGE),)),
+                       (c, (("nc5", "NC5 (NECO, uncentred)", ORANGE), ("nc5_centred", "centred about μ_G", BLUE)))):
+        for name, label, colour in panels:
+            s = ds[name].dropna("epoch")
+            ax.plot(s["epoch"], s, "o-", ms=2.5, color=colour, label=label)
+        _tpt(ax, ds)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    a.set_yscale("log")
+    a.set_title("CDNV (train images)", fontsize=10)
+    if held:
+        b.axhline(1 / len(held), color="0.5", ls="--", lw=0.8)
+        b.text(1, 1 / len(held), f" chance 1/{len(held)}", fontsize=8, va="bottom", color="0.4")
+    b.set_title(f"{transfer.SHOTS}-shot NCC accuracy, {transfer.DRAWS} draws (test images)", fontsize=10)
+    c.set_title("NC5: Avg_c |cos(μ_c, μ_OOD)|", fontsize=10)
+    fig.suptitle(f"trained on the other classes, held out: {', '.join(map(str, held))}", fontsize=10)
     fig.tight_layout()
     return fig

@@ -14,7 +14,8 @@ from nc.runs import cube
 FOLLOWUPS = "followups"  # the profile whose runs the follow-up pages read
 FILL_COMMAND = "nox -s reproduce -- followups"
 # the control every follow-up run varies one parameter of
-BASELINE = {"loss": "cross_entropy", "classifier": "learned", "weight_decay": 5e-4, "imbalance_ratio": None}
+BASELINE = {"loss": "cross_entropy", "classifier": "learned", "weight_decay": 5e-4, "imbalance_ratio": None,
+            "held_out_classes": None}
 
 
 def depth_cells(cube_dir, every_seed: bool = False) -> list[dict]:
@@ -114,12 +115,17 @@ def find_run(runs: dict, **match) -> xr.Dataset | None:
     return None
 
 
+def transfer_run(runs: dict) -> xr.Dataset | None:
+    """The follow-up run trained with held-out classes (the transfer and NC5 run), None when not trained."""
+    return next((ds for ds in runs.values() if ds.attrs["params"].get("held_out_classes")), None)
+
+
 def runs_by_ratio(runs: dict) -> list[tuple[float, xr.Dataset]]:
     """The baseline recipe's runs by imbalance ratio R (R = 1: the balanced baseline), sorted by R."""
     out = []
     for ds in runs.values():
         p = ds.attrs["params"]
-        if all(p.get(k) == BASELINE[k] for k in ("loss", "classifier", "weight_decay")):
+        if all(p.get(k) == BASELINE[k] for k in ("loss", "classifier", "weight_decay", "held_out_classes")):
             out.append((1.0 if p.get("imbalance_ratio") is None else float(p["imbalance_ratio"]), ds))
     return sorted(out, key=lambda t: t[0])
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from nc import measure
-from nc.measure import depth, followups, imbalance, registry, robustness
+from nc.measure import depth, followups, imbalance, registry, robustness, transfer
 from nc.train import ddp, losses, variables
 
 
@@ -100,6 +100,7 @@ def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dic
     values = registry.compute(moments, W, test_result, disagreements / max(1, len(data.test)), ncc_test_means)
     values.update(loss_terms(moments, W, b, params))
     values.update(imbalance.group_metrics(moments.class_means, moments.global_mean, W, minority(C)))
+    values.update(measure_transfer(model, data, moments, params))
     values.update(eval_train_acc=eval_train_acc, test_acc=test_acc)
     if record["robustness_indices"]:  # DDP: on rank 0, broadcast
         if ddp.is_main():
@@ -123,6 +124,39 @@ def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dic
     return values, geometry
 
 
+
+
+@torch.no_grad()
+def measure_transfer(model, data, moments, params: dict) -> dict:
+    """nc.measure.transfer's metrics on the held-out classes (data.held_out, nc.data.hold_out), NaN without them:
+    one eval pass over their train images (the CDNV among them), the shots' features (the same seeded shots at every
+    snapshot), one pass over their test images (few-shot nearest-centre hits, their class means for the OOD mean).
+    `moments` are the trained classes' train moments (NC5's class means and global mean)."""
+    held = getattr(data, "held_out", None)
+    if held is None:
+        return transfer.nan_metrics()
+    bs, p, K = params["eval_batch_size"], model.classifier.in_features, held.num_classes
+    train_acc = measure.CollapseAccumulator(K, p, held.train.device)
+    eval_pass(model, held.train, bs, lambda h, logits, y: train_acc.update(h, y))
+    held_train = ddp.merge_accumulator(train_acc).finalize()
+    idx = transfer.shot_indices(held.train.labels.numpy(), K, seed=params["seed"])
+    model.eval()
+    x, _ = held.train.take(idx.ravel())
+    shots = torch.cat([model.features(x[i:i + bs]).double() for i in range(0, len(x), bs)])
+    centres = transfer.shot_centres(shots.reshape(*idx.shape, p))
+    hits, test_acc = [], measure.CollapseAccumulator(K, p, held.test.device)
+
+    def on_test(h, logits, y):  # the hits stay on the device: no sync per batch
+        hits.append(transfer.fewshot_hits(h, y, centres))
+        test_acc.update(h, y)
+
+    eval_pass(model, held.test, bs, on_test)
+    total = ddp.sum_ints([int(sum(hits)) if hits else 0])[0]
+    ood = ddp.merge_accumulator(test_acc).finalize()
+    return {"transfer_cdnv": followups.cdnv(held_train.class_means, held_train.class_var),
+            "transfer_ncc_acc": total / (centres.shape[0] * len(held.test)),
+            "nc5": transfer.ood_orthogonality(moments.class_means, ood.global_mean),
+            "nc5_centred": transfer.ood_orthogonality(moments.class_means, ood.global_mean, moments.global_mean)}
 
 
 def measure_depth(model, data, params: dict) -> dict:
