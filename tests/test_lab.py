@@ -83,6 +83,8 @@ def test_each_figure_page_runs_in_its_own_folder_on_root_relative_cubes(name, ti
         assert images, f"{name} drew nothing"
     if name in pages.GRID_PAGES:
         assert "1 dataset × network cell(s) with a run" in text
+    if name == "depth":  # the VGG's linear head: DNC2 / DNC3 per head layer (nc.measure.head)
+        assert all(f"| demo-vgg11 | {layer} |" in text for layer in ("fc6", "fc7", "classifier")), text[-3000:]
 
 
 @pytest.mark.parametrize("name", ["fig1", "fig6", "depth", "mse", "fixed_etf", "weight_decay", "imbalance"])

@@ -24,6 +24,7 @@ from nc.report.after_runs import (  # noqa: F401
     find_run,
     followup_runs,
     followup_seeds,
+    head_cells,
     minority_by_ratio,
     nc1_drop,
     run_names,

@@ -1,14 +1,14 @@
 """The figures of the book's "After the paper" pages (matplotlib): collapse by depth per cell, the MSE loss's
 central-path terms stacked to the total, two or more follow-up runs side by side, minority collapse against
-the imbalance ratio, and transfer to held-out classes with NC5. Red vertical lines mark each run's TPT start, as in
-the paper's figures."""
+the imbalance ratio, transfer to held-out classes with NC5, and deep neural collapse at a linear head. Red vertical
+lines mark each run's TPT start, as in the paper's figures."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from nc.measure import transfer
+from nc.measure import head, transfer
 from nc.report.grid import BLUE, ORANGE, RED
 
 STAGE_COLOURS = {"first": "#9ecae1", "tpt": "#3182bd", "last": "#08306b"}
@@ -153,5 +153,30 @@ def transfer_figure(ds: xr.Dataset):
     b.set_title(f"{transfer.SHOTS}-shot NCC accuracy, {transfer.DRAWS} draws (test images)", fontsize=10)
     c.set_title("NC5: Avg_c |cos(μ_c, μ_OOD)|", fontsize=10)
     fig.suptitle(f"trained on the other classes, held out: {', '.join(map(str, held))}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+HEAD_COLOURS = dict(zip(head.HEAD_LAYERS, (BLUE, ORANGE, "#2ca02c")))
+
+
+def head_figure(cells_head: list[dict]):
+    """Per cell (one row each): DNC2 (the simplex-ETF Gram error of the centred class means of each head layer's
+    input) and DNC3 (the share of each head layer's weight energy outside that span) over the snapshots, one line
+    per head layer (nc.measure.head), log scale; the red line marks the TPT start."""
+    n = max(1, len(cells_head))
+    fig, axes = plt.subplots(n, 2, figsize=(10, 3.3 * n), squeeze=False)
+    for j, d in enumerate(cells_head):
+        for ax, key, title in ((axes[j, 0], "dnc2", "DNC2: ETF Gram error of the input's class means"),
+                               (axes[j, 1], "dnc3", "DNC3: weight energy outside the class-mean span")):
+            for layer in head.HEAD_LAYERS:
+                v = np.asarray(d[key][layer], dtype=float)
+                ok = np.isfinite(v) & (v > 0)
+                ax.semilogy(d["epochs"][ok], v[ok], "o-", ms=2.5, color=HEAD_COLOURS[layer], label=layer)
+            if np.isfinite(d["tpt"]):
+                ax.axvline(d["tpt"], color=RED, lw=1)
+            ax.set_title(f"{d['dataset']} × {d['network']}: {title}", fontsize=9, loc="left")
+            ax.set_xlabel("epoch")
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

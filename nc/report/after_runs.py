@@ -8,7 +8,7 @@ import xarray as xr
 import yaml
 
 from nc import paths
-from nc.measure import depth
+from nc.measure import depth, head
 from nc.runs import cube
 
 FOLLOWUPS = "followups"  # the profile whose runs the follow-up pages read
@@ -32,6 +32,29 @@ def depth_cells(cube_dir, every_seed: bool = False) -> list[dict]:
                 seeds = [int(s) for s in ds["seed"].values]
                 for seed in seeds if every_seed else seeds[:1]:
                     out.append(_depth_cell(path, ds, seed, len(seeds)))
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
+
+
+def head_cells(cube_dir) -> list[dict]:
+    """Per current cube of a folder whose network has a linear head (a finite dnc2_classifier somewhere), deep neural
+    collapse at the head (nc.measure.head) of its first run seed at its selected lr, on the snapshot epochs:
+    {name, dataset, network, epochs, tpt, dnc2, dnc3 ({layer: values}, layers in nc.measure.head.HEAD_LAYERS)}."""
+    out = []
+    for path in sorted(paths.resolve(cube_dir).glob("*.nc")):
+        try:
+            with xr.open_dataset(path, engine="netcdf4") as ds:
+                if cube.stale_reason(ds) or any(k not in ds for k in head.HEAD_METRICS):
+                    continue
+                sel = cube.selected(ds)
+                keep = np.isfinite(sel["dnc2_classifier"].values)
+                if not keep.any():
+                    continue
+                out.append({"name": path.stem, "dataset": ds.attrs["dataset"], "network": ds.attrs["network"],
+                            "epochs": sel["epoch"].values[keep], "tpt": float(sel["tpt_epoch"]),
+                            **{f"dnc{k}": {layer: sel[f"dnc{k}_{layer}"].values[keep] for layer in head.HEAD_LAYERS}
+                               for k in (2, 3)}})
         except (OSError, ValueError, KeyError):
             continue
     return out

@@ -1,6 +1,7 @@
 """Measurement at a snapshot epoch: one eval-mode pass over the train set and one over the test set feed every
 metric of nc.measure and nc.measure.followups (float64, streamed), the eval-mode train and test accuracies, DeepFool
-robustness on the fixed test images (Fig. 8), Fig. 1's sampled features and the geometry the cube stores; and, at
+robustness on the fixed test images (Fig. 8), Fig. 1's sampled features and the geometry the cube stores, deep neural
+collapse at a linear head's layers (nc.measure.head, from the same train pass); and, at
 three epochs of a run, collapse by depth (nc.measure.depth) at every block of the network.
 
 h is the input of the final linear layer (a forward pre-hook on `model.classifier`), network in eval mode, as the
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from nc import measure
-from nc.measure import depth, followups, imbalance, registry, robustness, transfer
+from nc.measure import depth, followups, head, imbalance, registry, robustness, transfer
 from nc.train import ddp, losses, variables
 
 
@@ -77,7 +78,14 @@ def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dic
     and the geometry to store. Raises FloatingPointError on non-finite features (a diverged run)."""
     C, p, bs = data.num_classes, model.classifier.in_features, params["eval_batch_size"]
     acc = measure.CollapseAccumulator(C, p, data.train.device)
-    eval_train_acc = eval_pass(model, data.train, bs, lambda h, logits, y: acc.update(h, y))
+    tap = head.HeadTap(model, C, data.train.device)  # deep neural collapse at the linear head: the same train pass
+
+    def on_train(h, logits, y):
+        acc.update(h, y)
+        tap.update(y)
+
+    with tap:
+        eval_train_acc = eval_pass(model, data.train, bs, on_train)
     moments = ddp.merge_accumulator(acc).finalize()
     W = model.classifier.weight.detach().double()
     b = model.classifier.bias.detach().double()
@@ -101,6 +109,7 @@ def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dic
     values.update(loss_terms(moments, W, b, params))
     values.update(imbalance.group_metrics(moments.class_means, moments.global_mean, W, minority(C)))
     values.update(measure_transfer(model, data, moments, params))
+    values.update(tap.metrics(moments.class_means, ddp.merge_accumulator))
     values.update(eval_train_acc=eval_train_acc, test_acc=test_acc)
     if record["robustness_indices"]:  # DDP: on rank 0, broadcast
         if ddp.is_main():
