@@ -19,7 +19,9 @@ TINY = {"dataset": "demo", "network": "vgg11", "width": 0.125, "n_per_class": 20
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {"demo-vgg11-ce": {}, "demo-vgg11-mse": {"loss": "mse"}, "demo-vgg11-fixed-etf": {"classifier": "fixed_etf"},
             "demo-vgg11-wd0": {"weight_decay": 0.0}, "demo-vgg11-imbalance10": {"imbalance_ratio": 10},
-            "demo-vgg11-imbalance100": {"imbalance_ratio": 100}}
+            "demo-vgg11-imbalance100": {"imbalance_ratio": 100},
+            "demo-vgg11-transfer": {"held_out_classes": [5, 6, 7, 8, 9]}}
+TRANSFER = ("transfer", "nc5")  # the transfer run's claims (the CDNV page); the TPT may not come in 6 tiny epochs
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +101,9 @@ def test_followup_claims_read_the_runs_and_say_what_is_missing(followups, tmp_pa
     assert set(got) == set(VARIANTS)
     rows = {r["claim"]: r for r in after.followup_claims(got)}
     assert set(rows) == {c.name for page in ("mse", "fixed_etf", "weight_decay", "imbalance")
-                         for c in after.CLAIMS[page]}
-    assert all(r["held"] is not None for r in rows.values())  # every run is there: every claim checkable
+                         for c in after.CLAIMS[page]} | set(TRANSFER)
+    assert all(r["held"] is not None for k, r in rows.items() if k not in TRANSFER)  # every claim checkable
+    assert rows["transfer"]["cell"] == rows["nc5"]["cell"] == "demo-vgg11-transfer"
     assert rows["mse_collapse"]["cell"] == "demo-vgg11-mse"  # each verdict names the runs it read
     assert rows["fixed_etf"]["cell"] == "demo-vgg11-ce vs demo-vgg11-fixed-etf"
     assert rows["minority_collapse"]["cell"].split(" vs ") == ["demo-vgg11-ce", "demo-vgg11-imbalance10",
@@ -111,6 +114,7 @@ def test_followup_claims_read_the_runs_and_say_what_is_missing(followups, tmp_pa
         assert float(ds["minority_collapse"].dropna("epoch")[-1]) == by_r[r]
     assert rows["minority_collapse"]["held"] == (by_r[1.0] < by_r[10.0] < by_r[100.0])
     assert "all at the one stated lr 0.05" in rows["fixed_etf"]["text"]
+    assert after.find_run(got, **after.BASELINE) is got["demo-vgg11-ce"]  # the transfer run is no control
     empty = after.followup_claims({})
     assert all(r["held"] is None and r["text"] == "not trained" for r in empty)
 
@@ -137,6 +141,48 @@ def test_followup_pages_execute_on_the_runs(name, followups, tmp_path):
                                            "followups_dir": str(tmp_path / "nothing")}, kernel_name="python3",
                                progress_bar=False)
     assert after.FILL_COMMAND in empty.read_text()
+
+
+def test_the_cdnv_page_shows_the_transfer_run_and_its_claims(followups, tmp_path):
+    import jupytext
+    import papermill
+
+    grid = tmp_path / "grid"
+    grid.mkdir()
+    (grid / "demo-vgg11.nc").write_bytes((followups / "demo-vgg11-ce.nc").read_bytes())
+    out = tmp_path / "cdnv.ipynb"
+    papermill.execute_notebook(jupytext.read(ROOT / "book" / "figures" / "cdnv.md"), str(out), cwd=str(ROOT),
+                               parameters={"profile": "x", "cube_dir": str(grid), "followups_dir": str(followups)},
+                               kernel_name="python3", progress_bar=False)
+    outputs = [o for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 5  # four grid figures and the transfer figure
+    text = "\n".join("".join(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    assert text.count("Ammar et al.") == 1 and text.count("neural collapse carries over to classes not") == 1
+    assert "demo-vgg11-transfer" in text and text.count("cdnv_test is lower") == 1
+
+
+def test_the_transfer_run_trains_on_half_the_classes_and_measures_the_other_half(followups):
+    ds = cube.open_cube(followups / "demo-vgg11-transfer.nc")
+    assert ds.sizes["class"] == 5 and ds.attrs["num_classes"] == 5
+    assert ds.attrs["n_train"] == 5 * 20 and ds.attrs["n_held_out_train"] == 5 * 20
+    assert ds.attrs["n_held_out_test"] == 5 * 10
+    snaps = ds["epoch"].isin(ds["snapshot_epoch"])
+    for k in ("transfer_cdnv", "transfer_ncc_acc", "nc5", "nc5_centred"):
+        v = ds[k].isel(lr=0, seed=0)
+        assert np.isfinite(v.where(snaps, drop=True)).all() and ds[k].attrs["definition"]
+        assert np.isnan(cube.open_cube(followups / "demo-vgg11-ce.nc")[k].values).all()  # NaN without held-out
+    acc = ds["transfer_ncc_acc"].values
+    assert ((acc[np.isfinite(acc)] >= 0) & (acc[np.isfinite(acc)] <= 1)).all()
+    got = after.followup_runs(followups)
+    held, text, _ = after.BY_NAME["transfer"](got)
+    ch = after.tpt_change(got["demo-vgg11-transfer"], "transfer_cdnv")
+    if ch["tpt_snapshot"] is not None and ch["tpt_snapshot"] < ch["last_epoch"]:  # the verdict is the stated rule
+        ratio = ch["at_tpt"] / ch["last"]
+        assert held == (True if ratio >= 1.1 else False if ratio <= 1 / 1.1 else "inconclusive")
+        assert f"{ch['last']:.3g}" in text
+    else:
+        assert held is None and text == "TPT not reached"
 
 
 def test_depth_is_in_every_cube_with_layer_names_and_widths(followups):

@@ -77,12 +77,18 @@ def test_each_figure_page_runs_in_its_own_folder_on_root_relative_cubes(name, ti
     parameters = {"profile": "tiny", "cube_dir": rel}
     if name in {p.name for p in pages.PAGES if p.part == pages.AFTER}:
         parameters["followups_dir"] = rel  # the tiny run is a baseline-like run: the follow-up pages find it
+    if name == "cdnv":  # its transfer section reads the follow-up runs: the tiny folder has no transfer run
+        parameters["followups_dir"] = rel
     images, text = execute_in_own_folder(FIGURES / f"{name}.md", parameters, tmp_path)
     assert not [m for m in NO_CUBE if m in text], text[:2000]
+    if name == "cdnv":  # ... and says so about the folder read against the root, not the page's own folder
+        assert f"No transfer run in `{paths.resolve(rel)}`" in text, text[:2000]
     if name not in FOLLOWUP_PAGES:  # those draw a treatment against the baseline; the tiny run has no treatment
         assert images, f"{name} drew nothing"
     if name in pages.GRID_PAGES:
         assert "1 dataset × network cell(s) with a run" in text
+    if name == "depth":  # the VGG's linear head: DNC2 / DNC3 per head layer (nc.measure.head)
+        assert all(f"| demo-vgg11 | {layer} |" in text for layer in ("fc6", "fc7", "classifier")), text[-3000:]
 
 
 @pytest.mark.parametrize("name", ["fig1", "fig6", "depth", "mse", "fixed_etf", "weight_decay", "imbalance"])

@@ -67,6 +67,8 @@ class Data:
     mean: torch.Tensor  # train mean of the [0, 1] pixels: (C, 1, 1) per channel, or (C, H, W) per pixel
     std: torch.Tensor  # the divisor used: train SD (ddof 0); per pixel, 1 where that SD < MIN_STD
     standardize: str = "channel"
+    held_out: "Data | None" = None  # the held-out classes (hold_out): their own train and test images, labels 0..K-1
+    held_out_classes: tuple = ()  # their ids in the loaded dataset
 
 
 # ----------------------------------------------------------------------------- subsampling and tensors
@@ -232,6 +234,44 @@ def _standardised(name, raw, device, image_size, standardize_by) -> Data:
     return Data(name=name, train=train, test=test, num_classes=len(class_names), class_names=class_names,
                 in_channels=x_train.shape[1], image_size=x_train.shape[-1], source=source, mean=mean, std=std,
                 standardize=standardize_by)
+
+
+def hold_out(data: Data, classes) -> Data:
+    """`data` trained on all but `classes`: its splits keep the other classes (relabelled 0..C-K-1 in id order), and
+    `held_out` holds the K held-out classes' own train and test images (relabelled 0..K-1 in id order), e.g. for
+    transfer to classes never trained on. Every image is standardised again with the KEPT classes' train statistics
+    (the network never sees a held-out pixel in training, its statistics included). DataError naming the key for
+    unknown or repeated classes, fewer than two classes on either side, or a streamed (store) dataset."""
+    C = data.num_classes
+    held = sorted(int(c) for c in classes)
+    key = "key 'held_out_classes'"
+    if len(set(held)) != len(held) or any(c < 0 or c >= C for c in held):
+        raise DataError(f"{data.name}: {key}: {list(classes)} must be distinct class ids in 0..{C - 1}")
+    kept = [c for c in range(C) if c not in held]
+    if len(held) < 2 or len(kept) < 2:
+        raise DataError(f"{data.name}: {key}: {list(classes)} leaves {len(kept)} trained and {len(held)} held-out "
+                        f"classes; each side needs at least two")
+    if not isinstance(data.train, TensorSplit) or not isinstance(data.test, TensorSplit):
+        raise DataError(f"{data.name}: {key} needs an in-memory dataset, not a prepared store")
+
+    def subset(split, ids):
+        remap = torch.full((C,), -1, dtype=torch.int64, device=split.y.device)
+        remap[torch.as_tensor(ids, device=split.y.device)] = torch.arange(len(ids), device=split.y.device)
+        rows = torch.nonzero(remap[split.y] >= 0).flatten()
+        return split.x[rows] * data.std + data.mean, remap[split.y[rows]]  # back to [0, 1] pixels
+
+    parts = {(side, name): subset(getattr(data, name), ids) for side, ids in (("kept", kept), ("held", held))
+             for name in ("train", "test")}
+    mean, std = train_statistics(parts["kept", "train"][0], data.standardize)
+    mean, std = mean.float(), std.float()
+    splits = {k: TensorSplit((x - mean) / std, y) for k, (x, y) in parts.items()}
+    names = lambda ids: [data.class_names[c] for c in ids]
+    common = dict(in_channels=data.in_channels, image_size=data.image_size, source=data.source, mean=mean, std=std,
+                  standardize=data.standardize)
+    held_data = Data(name=f"{data.name} (held-out classes {held})", train=splits["held", "train"],
+                     test=splits["held", "test"], num_classes=len(held), class_names=names(held), **common)
+    return Data(name=data.name, train=splits["kept", "train"], test=splits["kept", "test"], num_classes=len(kept),
+                class_names=names(kept), held_out=held_data, held_out_classes=tuple(held), **common)
 
 
 def describe(data):

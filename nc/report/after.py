@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
+from nc.measure import transfer
 from nc.measure.depth import fit_depth_decay
 from nc.report import claims as K
 from nc.report.after_runs import (  # noqa: F401
@@ -23,17 +24,19 @@ from nc.report.after_runs import (  # noqa: F401
     find_run,
     followup_runs,
     followup_seeds,
+    head_cells,
     minority_by_ratio,
     nc1_drop,
     run_names,
     runs_by_ratio,
     series,
+    transfer_run,
 )
 from nc.report.analysis import tpt_change
 from nc.report.profiles import cells, seed_runs
 
 GALANTI, HUI, ZHU = "Galanti, György & Hutter, ICLR 2022", "Hui, Belkin & Nakkiran, 2022", "Zhu et al., NeurIPS 2021"
-HAN = "Han, Papyan & Donoho, ICLR 2022"
+HAN, AMMAR = "Han, Papyan & Donoho, ICLR 2022", "Ammar et al., ICLR 2024 (NECO)"
 # He & Su's fits of log(C NC1_l) on l are near-perfect lines (their Pearson correlations are close to -1); a fit with
 # R^2 below R2_LAW (|r| < 0.975) is visibly not a line on a log plot, so the law is said to hold from R2_LAW.
 R2_LAW = 0.95
@@ -41,6 +44,10 @@ R2_LAW = 0.95
 # decay on) and 0.044 vs 0.046 (off), and three run seeds of the demo's VGG11 spread its NC1 drop over 25-58x: a
 # ratio of two final NC1s inside [1/NC1_NOISE, NC1_NOISE] is not a finding.
 NC1_NOISE = 2.0
+# The transfer run is one run (no seed spread): a change of its held-out CDNV or NC5 over the TPT by less than a factor
+# TRANSFER_NOISE is read as no change ("inconclusive"). In the demo's transfer run the snapshots after the last lr
+# milestone, with the network nearly frozen, already vary by up to 1% (CDNV) and 3% (NC5).
+TRANSFER_NOISE = 1.1
 
 
 def _window(claim, run: xr.Dataset) -> tuple[dict, str | None]:
@@ -132,6 +139,45 @@ def _depth_progressive(claim, d):
     return bool(held), (f"Spearman {first[0]:+.2f} → {last[0]:+.2f} (bound {bound:+.2f} for {last[2]} blocks); "
                         f"falling blocks {100 * first[1]:.0f}% → {100 * last[1]:.0f}%"), \
         {"spearman_first": first[0], "spearman_last": last[0], "share_last": last[1], "bound": bound}
+
+
+def _held_out(run) -> str:
+    return ", ".join(str(c) for c in run.attrs["params"]["held_out_classes"])
+
+
+def _transfer(claim, runs):
+    """The transfer run's held-out CDNV lower at the last epoch than at the TPT start; the few-shot accuracy beside
+    it (first snapshot, TPT start, last)."""
+    run = transfer_run(runs)
+    if run is None:
+        return None, "not trained", {}
+    ch, why = _window(claim, run)
+    c, a = ch["transfer_cdnv"], ch["transfer_ncc_acc"]
+    if why or not (np.isfinite(c["last"]) and np.isfinite(c["at_tpt"])):
+        return None, why or "not measured", {"runs": run_names(run)}
+    n = int(run.attrs.get("n_held_out_test", 0))
+    se = 100 * K.Z * np.sqrt(a["last"] * (1 - a["last"]) / n) if n else np.nan
+    return K.ratio_verdict(c["at_tpt"] / c["last"], claim.thresholds["noise"]), (
+        f"held-out classes {_held_out(run)}: CDNV {c['first']:.3g} → {c['at_tpt']:.3g} → {c['last']:.3g}, "
+        f"{claim.thresholds['shots']}-shot NCC accuracy {100 * a['first']:.1f}% → {100 * a['at_tpt']:.1f}% → "
+        f"{100 * a['last']:.1f}% (± {se:.1f} points at the last: 1.96 binomial SE of one draw on its {n} test images); "
+        f"first snapshot → TPT start, epoch {c['tpt_snapshot']} → last, epoch {c['last_epoch']}"), \
+        {"runs": run_names(run), **ch}
+
+
+def _nc5(claim, runs):
+    """The transfer run's NC5 (held-out classes as the OOD set) lower at the last epoch than at the TPT start."""
+    run = transfer_run(runs)
+    if run is None:
+        return None, "not trained", {}
+    ch, why = _window(claim, run)
+    o, c = ch["nc5"], ch["nc5_centred"]
+    if why or not (np.isfinite(o["last"]) and np.isfinite(o["at_tpt"])):
+        return None, why or "not measured", {"runs": run_names(run)}
+    return K.ratio_verdict(o["at_tpt"] / o["last"], claim.thresholds["noise"]), (
+        f"OOD = held-out classes {_held_out(run)}: NC5 {o['first']:.3g} → {o['at_tpt']:.3g} → {o['last']:.3g} "
+        f"(centred {c['first']:.3g} → {c['at_tpt']:.3g} → {c['last']:.3g}); first snapshot → TPT start, epoch "
+        f"{o['tpt_snapshot']} → last, epoch {o['last_epoch']}"), {"runs": run_names(run), **ch}
 
 
 def _like_for_like(*runs) -> str | None:
@@ -230,6 +276,18 @@ REGISTRY = (
     C("nc1_test", "cdnv", ("nc1_test", "nc1"), HUI,
       "collapse on the train set does not carry over to the test set: test-set NC1 stays far from zero",
       "nc1_test at the last epoch is at least {factor:g}x the train NC1", _test_far, {"factor": 10.0}),
+    C("transfer", "cdnv", ("transfer_cdnv", "transfer_ncc_acc"), GALANTI,
+      "neural collapse carries over to classes not trained on: their CDNV falls as training goes on, and with it the "
+      "few-shot nearest-class-centre error",
+      "in the follow-up run trained without its held-out classes, their CDNV (on their own train images) at the TPT "
+      "start / at the last epoch is at least {noise:g} (held), at most 1/{noise:g} (did not hold), inconclusive "
+      "between (one run: a smaller change is not a finding); their {shots}-shot nearest-class-centre accuracy is "
+      "stated beside it", _transfer, {"shots": transfer.SHOTS, "noise": TRANSFER_NOISE}),
+    C("nc5", "cdnv", ("nc5", "nc5_centred"), AMMAR,
+      "NC5: as training goes on, out-of-distribution features become orthogonal to the in-distribution class means",
+      "in the same run, with its held-out classes as the OOD set, NC5 = Avg_c |cos(mu_c, mu_G^OOD)| at the TPT start / "
+      "at the last epoch is at least {noise:g} (held), at most 1/{noise:g} (did not hold), inconclusive between (the "
+      "centred variant beside it)", _nc5, {"noise": TRANSFER_NOISE}),
     C("etf_errors", "etf", ("etf_error_means", "etf_error_classifiers", "classifier_mean_alignment"), ZHU,
       "the class means and the classifier converge to a simplex ETF and to each other",
       "etf_error_means, etf_error_classifiers and classifier_mean_alignment are all lower at the last epoch than at "
@@ -301,7 +359,7 @@ def grid_claims(profile: xr.Dataset) -> list[dict]:
         for seed, c in seeds:
             several = len(seeds) > 1
             name = f"{cell['dataset'].values} × {cell['network_name'].values}" + (f", seed {seed}" if several else "")
-            rows += _rows(("cdnv_train", "cdnv_test", "nc1_test", "etf_errors"), c, name,
+            rows += _rows(GRID_CLAIMS, c, name,
                           seed if several else None)
     return rows
 
@@ -316,12 +374,14 @@ def depth_claims(cells_depth: list[dict]) -> list[dict]:
     return rows
 
 
-FOLLOWUP_CLAIMS = ("mse_collapse", "central_path", "fixed_etf", "weight_decay", "minority_collapse")
+FOLLOWUP_CLAIMS = ("transfer", "nc5", "mse_collapse", "central_path", "fixed_etf", "weight_decay",
+                   "minority_collapse")
+GRID_CLAIMS = ("cdnv_train", "cdnv_test", "nc1_test", "etf_errors")
 
 
 def followup_claims(runs: dict) -> list[dict]:
-    """The MSE, fixed-ETF, weight-decay and minority-collapse claims on the follow-up runs (None where a run the rule
-    needs is missing: the page then says which command trains it)."""
+    """The transfer, NC5, MSE, fixed-ETF, weight-decay and minority-collapse claims on the follow-up runs (None where
+    a run the rule needs is missing: the page then says which command trains it)."""
     return _rows(FOLLOWUP_CLAIMS, runs)
 
 
@@ -338,13 +398,16 @@ def followup_claims_by_seed(followups_dir) -> list[dict]:
     return rows
 
 
-def claims_markdown(rows: list[dict], page: str) -> str:
-    """A page's claims: the source's claim, the rule, and per run whether it held, was inconclusive or did not."""
+def claims_markdown(rows: list[dict], page: str, only=None) -> str:
+    """A page's claims: the source's claim, the rule, and per run whether it held, was inconclusive or did not;
+    `only`: the names of the page's claims to show (all of them by default)."""
     lines = []
     if any(r.get("seed") is not None for r in rows):
         lines.append("With several run seeds each claim is checked in every seed (a row per run and seed); the "
                      "figures above draw the first seed's runs, each at its selected lr.")
     for c in CLAIMS[page]:
+        if only is not None and c.name not in only:
+            continue
         mine = [r for r in rows if r["claim"] == c.name]
         lines.append(f"**{c.source}:** {c.statement}. *Rule:* {c.rule_text}. *Here:* "
                      f"{K.summary([r['held'] for r in mine])}.")

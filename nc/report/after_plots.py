@@ -1,12 +1,14 @@
 """The figures of the book's "After the paper" pages (matplotlib): collapse by depth per cell, the MSE loss's
-central-path terms stacked to the total, two or more follow-up runs side by side, and minority collapse against
-the imbalance ratio. Red vertical lines mark each run's TPT start, as in the paper's figures."""
+central-path terms stacked to the total, two or more follow-up runs side by side, minority collapse against
+the imbalance ratio, transfer to held-out classes with NC5, and deep neural collapse at a linear head. Red vertical
+lines mark each run's TPT start, as in the paper's figures."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
+from nc.measure import head, transfer
 from nc.report.grid import BLUE, ORANGE, RED
 
 STAGE_COLOURS = {"first": "#9ecae1", "tpt": "#3182bd", "last": "#08306b"}
@@ -123,5 +125,58 @@ def depth_residual_figure(cells_depth: list[dict], residuals):
     ax.axhline(0.0, color="0.5", lw=0.8)
     ax.set(xlabel="block l", ylabel="residual of log(C NC1_l)", title="the depth law's residuals, last snapshot")
     ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def transfer_figure(ds: xr.Dataset):
+    """The transfer run: CDNV of the held-out classes beside the trained classes' (log), the few-shot
+    nearest-class-centre accuracy on the held-out classes with its chance level, and NC5 (held-out classes as the
+    OOD set), uncentred and centred. The red line marks the TPT start."""
+    params = ds.attrs.get("params", {})
+    held = params.get("held_out_classes") or []
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, panels in ((a, (("transfer_cdnv", "held-out classes", ORANGE), ("cdnv_train", "trained classes", BLUE))),
+                       (b, (("transfer_ncc_acc", "held-out classes", ORANGE),)),
+                       (c, (("nc5", "NC5 (NECO, uncentred)", ORANGE), ("nc5_centred", "centred about μ_G", BLUE)))):
+        for name, label, colour in panels:
+            s = ds[name].dropna("epoch")
+            ax.plot(s["epoch"], s, "o-", ms=2.5, color=colour, label=label)
+        _tpt(ax, ds)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    a.set_yscale("log")
+    a.set_title("CDNV (train images)", fontsize=10)
+    if held:
+        b.axhline(1 / len(held), color="0.5", ls="--", lw=0.8)
+        b.text(1, 1 / len(held), f" chance 1/{len(held)}", fontsize=8, va="bottom", color="0.4")
+    b.set_title(f"{transfer.SHOTS}-shot NCC accuracy, {transfer.DRAWS} draws (test images)", fontsize=10)
+    c.set_title("NC5: Avg_c |cos(μ_c, μ_OOD)|", fontsize=10)
+    fig.suptitle(f"trained on the other classes, held out: {', '.join(map(str, held))}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+HEAD_COLOURS = dict(zip(head.HEAD_LAYERS, (BLUE, ORANGE, "#2ca02c")))
+
+
+def head_figure(cells_head: list[dict]):
+    """Per cell (one row each): DNC2 (the simplex-ETF Gram error of the centred class means of each head layer's
+    input) and DNC3 (the share of each head layer's weight energy outside that span) over the snapshots, one line
+    per head layer (nc.measure.head), log scale; the red line marks the TPT start."""
+    n = max(1, len(cells_head))
+    fig, axes = plt.subplots(n, 2, figsize=(10, 3.3 * n), squeeze=False)
+    for j, d in enumerate(cells_head):
+        for ax, key, title in ((axes[j, 0], "dnc2", "DNC2: ETF Gram error of the input's class means"),
+                               (axes[j, 1], "dnc3", "DNC3: weight energy outside the class-mean span")):
+            for layer in head.HEAD_LAYERS:
+                v = np.asarray(d[key][layer], dtype=float)
+                ok = np.isfinite(v) & (v > 0)
+                ax.semilogy(d["epochs"][ok], v[ok], "o-", ms=2.5, color=HEAD_COLOURS[layer], label=layer)
+            if np.isfinite(d["tpt"]):
+                ax.axvline(d["tpt"], color=RED, lw=1)
+            ax.set_title(f"{d['dataset']} × {d['network']}: {title}", fontsize=9, loc="left")
+            ax.set_xlabel("epoch")
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

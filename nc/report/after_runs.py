@@ -8,13 +8,14 @@ import xarray as xr
 import yaml
 
 from nc import paths
-from nc.measure import depth
+from nc.measure import depth, head
 from nc.runs import cube
 
 FOLLOWUPS = "followups"  # the profile whose runs the follow-up pages read
 FILL_COMMAND = "nox -s reproduce -- followups"
 # the control every follow-up run varies one parameter of
-BASELINE = {"loss": "cross_entropy", "classifier": "learned", "weight_decay": 5e-4, "imbalance_ratio": None}
+BASELINE = {"loss": "cross_entropy", "classifier": "learned", "weight_decay": 5e-4, "imbalance_ratio": None,
+            "held_out_classes": None}
 
 
 def depth_cells(cube_dir, every_seed: bool = False) -> list[dict]:
@@ -31,6 +32,29 @@ def depth_cells(cube_dir, every_seed: bool = False) -> list[dict]:
                 seeds = [int(s) for s in ds["seed"].values]
                 for seed in seeds if every_seed else seeds[:1]:
                     out.append(_depth_cell(path, ds, seed, len(seeds)))
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
+
+
+def head_cells(cube_dir) -> list[dict]:
+    """Per current cube of a folder whose network has a linear head (a finite dnc2_classifier somewhere), deep neural
+    collapse at the head (nc.measure.head) of its first run seed at its selected lr, on the snapshot epochs:
+    {name, dataset, network, epochs, tpt, dnc2, dnc3 ({layer: values}, layers in nc.measure.head.HEAD_LAYERS)}."""
+    out = []
+    for path in sorted(paths.resolve(cube_dir).glob("*.nc")):
+        try:
+            with xr.open_dataset(path, engine="netcdf4") as ds:
+                if cube.stale_reason(ds) or any(k not in ds for k in head.HEAD_METRICS):
+                    continue
+                sel = cube.selected(ds)
+                keep = np.isfinite(sel["dnc2_classifier"].values)
+                if not keep.any():
+                    continue
+                out.append({"name": path.stem, "dataset": ds.attrs["dataset"], "network": ds.attrs["network"],
+                            "epochs": sel["epoch"].values[keep], "tpt": float(sel["tpt_epoch"]),
+                            **{f"dnc{k}": {layer: sel[f"dnc{k}_{layer}"].values[keep] for layer in head.HEAD_LAYERS}
+                               for k in (2, 3)}})
         except (OSError, ValueError, KeyError):
             continue
     return out
@@ -114,12 +138,17 @@ def find_run(runs: dict, **match) -> xr.Dataset | None:
     return None
 
 
+def transfer_run(runs: dict) -> xr.Dataset | None:
+    """The follow-up run trained with held-out classes (the transfer and NC5 run), None when not trained."""
+    return next((ds for ds in runs.values() if ds.attrs["params"].get("held_out_classes")), None)
+
+
 def runs_by_ratio(runs: dict) -> list[tuple[float, xr.Dataset]]:
     """The baseline recipe's runs by imbalance ratio R (R = 1: the balanced baseline), sorted by R."""
     out = []
     for ds in runs.values():
         p = ds.attrs["params"]
-        if all(p.get(k) == BASELINE[k] for k in ("loss", "classifier", "weight_decay")):
+        if all(p.get(k) == BASELINE[k] for k in ("loss", "classifier", "weight_decay", "held_out_classes")):
             out.append((1.0 if p.get("imbalance_ratio") is None else float(p["imbalance_ratio"]), ds))
     return sorted(out, key=lambda t: t[0])
 

@@ -31,8 +31,16 @@ def run_key(params: dict) -> str:
 
 
 def load_data(params: dict, device=None):
-    """The dataset of `params` on its device (nc.data.load with the file's data keys: params.data_arguments)."""
-    return data_mod.load(**params_mod.data_arguments(params), device=device or train.pick_device(params["device"]))
+    """The dataset of `params` on its device (nc.data.load with the file's data keys: params.data_arguments); with
+    `held_out_classes`, the other classes to train on and the held-out ones beside them (nc.data.hold_out)."""
+    dataset = data_mod.load(**params_mod.data_arguments(params), device=device or train.pick_device(params["device"]))
+    if params.get("held_out_classes"):
+        try:
+            dataset = data_mod.hold_out(dataset, params["held_out_classes"])
+        except data_mod.DataError as err:
+            raise params_mod.ParameterError(f"{params.get('file', params.get('name', '<parameters>'))}: {err}") \
+                from None
+    return dataset
 
 
 def check_feature_dim(params: dict, num_classes: int, in_channels: int, image_size: int) -> int:
@@ -53,9 +61,11 @@ def data_info(dataset, device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     if ddp.current().distributed:  # one DDP process per device (nc.train.ddp)
         name = f"{ddp.current().world_size} x {name} (DDP)"
+    held = getattr(dataset, "held_out", None)  # a transfer run's held-out classes (nc.data.hold_out)
     return {"data_source": dataset.source, "n_train": len(dataset.train), "n_test": len(dataset.test),
             "num_classes": dataset.num_classes, "device": name,
-            "image_shape": str((dataset.in_channels, dataset.image_size, dataset.image_size))}
+            "image_shape": str((dataset.in_channels, dataset.image_size, dataset.image_size)),
+            **({"n_held_out_train": len(held.train), "n_held_out_test": len(held.test)} if held is not None else {})}
 
 
 def paths(params: dict, cube_dir) -> tuple[Path, Path]:

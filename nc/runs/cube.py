@@ -47,8 +47,10 @@ from nc.train.variables import (  # noqa: F401  (the schema of what a run record
 # MultiStepLR milestones floor(f E), precision recorded, class-weighted mu_G, format_version itself; Part II:
 # CDNV, test-set NC1, trace ratio, ETF errors, alignment, collapse by depth (layer dim). 3: the `seed` dimension
 # (run seeds; the lr selected per seed). 4: test NC1 about the test means, the trace quotient Tr S_W / Tr S_B and
-# the variability collapse index (Part II's new measures).
-FORMAT_VERSION = 4
+# the variability collapse index (Part II's new measures). 5: transfer to held-out classes (transfer_cdnv,
+# transfer_ncc_acc) and NC5 (nc5, nc5_centred), NaN in runs without held_out_classes; deep neural collapse at the
+# linear head (dnc2_fc6 .. dnc3_classifier), NaN for networks without one.
+FORMAT_VERSION = 5
 SELECTION_RULE = ("per run seed, the highest test accuracy at the last epoch among complete runs (paper Section 2G, "
                   "applied to each seed)")
 STATUSES = ("complete", "diverged", "running")

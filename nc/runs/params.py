@@ -51,6 +51,10 @@ def _str(v):
     return isinstance(v, str) and v != ""
 
 
+def _class_ids(v):
+    return isinstance(v, list) and len(v) >= 2 and all(_int(x) and x >= 0 for x in v) and len(set(v)) == len(v)
+
+
 def _one_of(values):
     return lambda v: v in values
 
@@ -86,6 +90,10 @@ SCHEMA = {
     "imbalance_ratio": Key(None, _opt(lambda v: _num(v) and v >= 1),
                            "null or a number R >= 1: the first half of the classes keep n_per_class train images, "
                            "the others n_per_class / R (Fang et al. 2021, minority collapse)"),
+    "held_out_classes": Key(None, _opt(_class_ids),
+                            "null or a list of at least two distinct class ids: the run trains on the other classes "
+                            "and measures transfer to these (Galanti et al. 2022) and their orthogonality as OOD data "
+                            "(NC5, Ammar et al. 2024) at every snapshot"),
     "stem": Key("small", _one_of(STEMS), "small (3x3 stride-1 stem, no max-pool: the small-image networks) or "
                 "imagenet (torchvision's 224-px stems)"),
     "width": Key(1.0, lambda v: _num(v) and v > 0, "a positive number (channel multiplier)"),
@@ -192,6 +200,9 @@ def validate(raw: dict, source: str = "<parameters>") -> dict:
         raise ParameterError(f"{source}: key 'snapshot_epochs' lists epochs after 'epochs' = {out['epochs']}: {late}")
     if out["class_counts"] is not None and out["imbalance_ratio"] is not None:
         raise ParameterError(f"{source}: keys 'class_counts' and 'imbalance_ratio': give one of them, not both")
+    if out["held_out_classes"] is not None and (out["class_counts"] is not None or out["imbalance_ratio"] is not None):
+        raise ParameterError(f"{source}: keys 'held_out_classes' and 'class_counts' / 'imbalance_ratio': a transfer "
+                             "run is balanced, give one of them")
     if out["imbalance_ratio"] is not None and out["n_per_class"] is None:
         raise ParameterError(f"{source}: key 'imbalance_ratio' needs 'n_per_class' (the majority classes' count)")
     return out

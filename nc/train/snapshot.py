@@ -1,6 +1,7 @@
 """Measurement at a snapshot epoch: one eval-mode pass over the train set and one over the test set feed every
 metric of nc.measure and nc.measure.followups (float64, streamed), the eval-mode train and test accuracies, DeepFool
-robustness on the fixed test images (Fig. 8), Fig. 1's sampled features and the geometry the cube stores; and, at
+robustness on the fixed test images (Fig. 8), Fig. 1's sampled features and the geometry the cube stores, deep neural
+collapse at a linear head's layers (nc.measure.head, from the same train pass); and, at
 three epochs of a run, collapse by depth (nc.measure.depth) at every block of the network.
 
 h is the input of the final linear layer (a forward pre-hook on `model.classifier`), network in eval mode, as the
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from nc import measure
-from nc.measure import depth, followups, imbalance, registry, robustness
+from nc.measure import depth, followups, head, imbalance, registry, robustness, transfer
 from nc.train import ddp, losses, variables
 
 
@@ -77,7 +78,14 @@ def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dic
     and the geometry to store. Raises FloatingPointError on non-finite features (a diverged run)."""
     C, p, bs = data.num_classes, model.classifier.in_features, params["eval_batch_size"]
     acc = measure.CollapseAccumulator(C, p, data.train.device)
-    eval_train_acc = eval_pass(model, data.train, bs, lambda h, logits, y: acc.update(h, y))
+    tap = head.HeadTap(model, C, data.train.device)  # deep neural collapse at the linear head: the same train pass
+
+    def on_train(h, logits, y):
+        acc.update(h, y)
+        tap.update(y)
+
+    with tap:
+        eval_train_acc = eval_pass(model, data.train, bs, on_train)
     moments = ddp.merge_accumulator(acc).finalize()
     W = model.classifier.weight.detach().double()
     b = model.classifier.bias.detach().double()
@@ -100,6 +108,8 @@ def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dic
     values = registry.compute(moments, W, test_result, disagreements / max(1, len(data.test)), ncc_test_means)
     values.update(loss_terms(moments, W, b, params))
     values.update(imbalance.group_metrics(moments.class_means, moments.global_mean, W, minority(C)))
+    values.update(measure_transfer(model, data, moments, params))
+    values.update(tap.metrics(moments.class_means, ddp.merge_accumulator))
     values.update(eval_train_acc=eval_train_acc, test_acc=test_acc)
     if record["robustness_indices"]:  # DDP: on rank 0, broadcast
         if ddp.is_main():
@@ -123,6 +133,39 @@ def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dic
     return values, geometry
 
 
+
+
+@torch.no_grad()
+def measure_transfer(model, data, moments, params: dict) -> dict:
+    """nc.measure.transfer's metrics on the held-out classes (data.held_out, nc.data.hold_out), NaN without them:
+    one eval pass over their train images (the CDNV among them), the shots' features (the same seeded shots at every
+    snapshot), one pass over their test images (few-shot nearest-centre hits, their class means for the OOD mean).
+    `moments` are the trained classes' train moments (NC5's class means and global mean)."""
+    held = getattr(data, "held_out", None)
+    if held is None:
+        return transfer.nan_metrics()
+    bs, p, K = params["eval_batch_size"], model.classifier.in_features, held.num_classes
+    train_acc = measure.CollapseAccumulator(K, p, held.train.device)
+    eval_pass(model, held.train, bs, lambda h, logits, y: train_acc.update(h, y))
+    held_train = ddp.merge_accumulator(train_acc).finalize()
+    idx = transfer.shot_indices(held.train.labels.numpy(), K, seed=params["seed"])
+    model.eval()
+    x, _ = held.train.take(idx.ravel())
+    shots = torch.cat([model.features(x[i:i + bs]).double() for i in range(0, len(x), bs)])
+    centres = transfer.shot_centres(shots.reshape(*idx.shape, p))
+    hits, test_acc = [], measure.CollapseAccumulator(K, p, held.test.device)
+
+    def on_test(h, logits, y):  # the hits stay on the device: no sync per batch
+        hits.append(transfer.fewshot_hits(h, y, centres))
+        test_acc.update(h, y)
+
+    eval_pass(model, held.test, bs, on_test)
+    total = ddp.sum_ints([int(sum(hits)) if hits else 0])[0]
+    ood = ddp.merge_accumulator(test_acc).finalize()
+    return {"transfer_cdnv": followups.cdnv(held_train.class_means, held_train.class_var),
+            "transfer_ncc_acc": total / (centres.shape[0] * len(held.test)),
+            "nc5": transfer.ood_orthogonality(moments.class_means, ood.global_mean),
+            "nc5_centred": transfer.ood_orthogonality(moments.class_means, ood.global_mean, moments.global_mean)}
 
 
 def measure_depth(model, data, params: dict) -> dict:

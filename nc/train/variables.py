@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nc.measure import depth, imbalance, registry
+from nc.measure import depth, head, imbalance, registry, transfer
 from nc.train import losses
 
 DEPTH_STAGES = ("first", "tpt", "last")  # the first snapshot, the TPT start epoch, the last snapshot
@@ -65,6 +65,8 @@ SNAPSHOT_VARIABLES = {
     **{k: Var(LE, k.replace("_", " "), "1", imbalance.DEFINITIONS[k] + "; minority = the classes an imbalanced run "
               "gives n/R images (the last floor(C/2)), the same groups on balanced runs; NaN off snapshot epochs")
        for k in imbalance.DEFINITIONS},
+    **{k: Var(LE, k.replace("_", " "), "1", transfer.DEFINITIONS[k]) for k in transfer.TRANSFER_METRICS},
+    **{k: Var(LE, head.LONG_NAMES[k], "1", head.DEFINITIONS[k]) for k in head.HEAD_METRICS},
 }
 LS = ("lr", "seed")
 LSL = ("lr", "seed", "depth_stage", "layer")
