@@ -160,6 +160,7 @@ def test_the_cdnv_page_shows_the_transfer_run_and_its_claims(followups, tmp_path
     text = "\n".join("".join(o.get("data", {}).get("text/markdown", "")) for o in outputs)
     assert text.count("Ammar et al.") == 1 and text.count("neural collapse carries over to classes not") == 1
     assert "demo-vgg11-transfer" in text and text.count("cdnv_test is lower") == 1
+    assert "not run in this profile" in text  # no grid cube names an ood_dataset (tests/test_ood.py: one that does)
 
 
 def test_the_transfer_run_trains_on_half_the_classes_and_measures_the_other_half(followups):

@@ -395,6 +395,7 @@ def test_quick_files_scale_the_paper_down():
         assert p["epochs"] < 350 and p["npz_dir"] is None  # the npz folder comes from NC_NPZ_DIR
         assert len(p["lrs"]) == 3 and np.allclose(np.diff(np.log(p["lrs"])), np.log(2))
         assert p["memory_efficient"] == (p["network"] in ("densenet201", "densenet250"))
+        assert p["ood_dataset"] == {"mnist": "fashionmnist", "fashionmnist": "mnist"}.get(d)  # NC5's OOD set and back
         if d == "imagenet":
             assert p["npz_file"] == "imagenette32.npz" and p["lr_milestones"] == [0.5, 0.75]
             assert p["batch_size"] == 256 and p["tpt_threshold"] == 0.996

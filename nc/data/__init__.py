@@ -2,7 +2,17 @@
 and imbalanced sampling (sampling), the loader seam (loader), ImageNet's prepared store (store, prepare) and
 `load`, which puts them together (datasets). The public names are re-exported here: `nc.data.load("mnist", ...)`.
 """
-from nc.data.datasets import Data, describe, hold_out, load, load_path, npz_dir_from_env, standardize, train_statistics  # noqa: F401
+from nc.data.datasets import (  # noqa: F401
+    Data,
+    describe,
+    hold_out,
+    load,
+    load_path,
+    npz_dir_from_env,
+    standardize,
+    train_statistics,
+    with_ood,
+)
 from nc.data.registry import (  # noqa: F401
     COLUMN,
     DATASETS,

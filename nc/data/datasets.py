@@ -23,6 +23,7 @@ folder is given (argument `npz_dir` or env `NC_NPZ_DIR`; the format is in the RE
 <root>/imagenet/{train,val}. Nothing is ever silently replaced: a missing dataset raises `DatasetUnavailable`.
 """
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -69,6 +70,7 @@ class Data:
     standardize: str = "channel"
     held_out: "Data | None" = None  # the held-out classes (hold_out): their own train and test images, labels 0..K-1
     held_out_classes: tuple = ()  # their ids in the loaded dataset
+    ood: "Data | None" = None  # another dataset as the out-of-distribution set (with_ood), in this Data's units
 
 
 # ----------------------------------------------------------------------------- subsampling and tensors
@@ -272,6 +274,28 @@ def hold_out(data: Data, classes) -> Data:
                      test=splits["held", "test"], num_classes=len(held), class_names=names(held), **common)
     return Data(name=data.name, train=splits["kept", "train"], test=splits["kept", "test"], num_classes=len(kept),
                 class_names=names(kept), held_out=held_data, held_out_classes=tuple(held), **common)
+
+
+def with_ood(data: Data, other: Data) -> Data:
+    """`data` with `other` (another dataset, e.g. FashionMNIST beside MNIST) as its out-of-distribution set `ood`:
+    other's splits are taken back to [0, 1] pixels with other's own statistics and standardised again with DATA's
+    train statistics, so the network sees OOD pixels in its own input units. DataError when the image shapes differ
+    or either is a streamed (store) dataset."""
+    shape = lambda d: (d.in_channels, d.image_size, d.image_size)
+    if shape(other) != shape(data):
+        raise DataError(f"{data.name}: key 'ood_dataset': {other.name} images are {shape(other)}, the run's are "
+                        f"{shape(data)}")
+    if not all(isinstance(s, TensorSplit) for s in (data.train, other.train, other.test)):
+        raise DataError(f"{data.name}: key 'ood_dataset' needs in-memory datasets, not a prepared store")
+
+    def restandardised(split):
+        return TensorSplit((split.x * other.std + other.mean - data.mean) / data.std, split.y)
+
+    ood = Data(name=f"{other.name} (OOD)", train=restandardised(other.train), test=restandardised(other.test),
+               num_classes=other.num_classes, class_names=other.class_names, in_channels=other.in_channels,
+               image_size=other.image_size, source=other.source, mean=data.mean, std=data.std,
+               standardize=data.standardize)
+    return dataclasses.replace(data, ood=ood)
 
 
 def describe(data):

@@ -10,12 +10,15 @@ classifier's input, eval mode) of the held-out classes' own train and test image
   images with the class centres the means of SHOTS train images per held-out class, averaged over DRAWS draws of
   the shots. The draws are made once per run from the data seed (numpy default_rng(seed), classes in order, without
   replacement within a class): the same shots at every snapshot.
-- nc5, nc5_centred (Ammar et al., "NECO", ICLR 2024, NC5 "ID/OOD orthogonality", their OrthoDev): the held-out
-  classes are the out-of-distribution (OOD) set. nc5 = Avg_c |cos(mu_c, mu_G^OOD)| with mu_c the TRAINED classes'
-  train class means and mu_G^OOD the mean of the OOD (held-out TEST) features, both uncentred as NECO writes it;
-  nc5_centred takes both about the trained classes' global mean mu_G: Avg_c |cos(mu_c - mu_G, mu_G^OOD - mu_G)|.
-  0 = orthogonal, 1 = parallel. The OOD mean is Ave over held-out classes of their test class means (= Ave_i h_i on
-  the balanced held-out test set), the repository's class-weighted convention.
+- nc5, nc5_centred (Ammar et al., "NECO", ICLR 2024, NC5 "ID/OOD orthogonality", their OrthoDev): the run's
+  out-of-distribution (OOD) set, named by the cube's global attribute `ood_set`, is either the held-out classes
+  (`held_out_classes`) or the TEST split of another registered dataset (`ood_dataset`, e.g. FashionMNIST beside
+  MNIST: nc.data.with_ood, standardised with the run's train statistics; nc.train.snapshot.measure_ood).
+  nc5 = Avg_c |cos(mu_c, mu_G^OOD)| with mu_c the TRAINED classes' train class means and mu_G^OOD the mean of the OOD
+  TEST features, both uncentred as NECO writes it; nc5_centred takes both about the trained classes' global mean
+  mu_G: Avg_c |cos(mu_c - mu_G, mu_G^OOD - mu_G)|. 0 = orthogonal, 1 = parallel. The OOD mean is Ave over the OOD
+  set's classes of their test class means (= Ave_i h_i on a balanced test set), the repository's class-weighted
+  convention.
 """
 from __future__ import annotations
 
@@ -32,6 +35,10 @@ TRANSFER_METRICS = ("transfer_cdnv", "transfer_ncc_acc", "nc5", "nc5_centred")
 
 _HELD = ("NaN for runs without held_out_classes and off snapshot epochs; the held-out classes' own train and test "
          "images of the same data subset, features of the network trained on the other classes")
+_OOD = ("NaN for runs with neither held_out_classes nor ood_dataset and off snapshot epochs; the OOD set is the run's "
+        "own (global attribute ood_set): the held-out classes' test images, or the TEST split of the dataset "
+        "ood_dataset names (the run's image size, test_n_per_class and data seed, standardised with the run's train "
+        "statistics)")
 DEFINITIONS = {
     "transfer_cdnv": "Avg_{c<c'} (Var_c + Var_c')/(2 ||mu_c - mu_c'||^2) over pairs of HELD-OUT classes, Var_c = "
                      "Ave_{i in c} ||h_i - mu_c||^2, on the held-out classes' TRAIN images; unitless; Galanti, "
@@ -44,12 +51,13 @@ DEFINITIONS = {
                         f"the lowest class; unitless, in [0, 1], chance 1/K; Galanti, Gyorgy & "
                         f"Hutter, ICLR 2022 (few-shot transfer); " + _HELD,
     "nc5": "Avg_c |<mu_c, mu_G^OOD>| / (||mu_c|| ||mu_G^OOD||), mu_c the trained classes' train class means "
-           "(uncentred), mu_G^OOD = Ave over held-out classes of their TEST class means (the OOD set's mean; = Ave_i "
-           "h_i when balanced); unitless, in [0, 1], 0 = OOD mean orthogonal to every class mean; Ammar et al., "
-           "ICLR 2024 (NECO), NC5 ID/OOD orthogonality (OrthoDev); the held-out classes are the OOD set; " + _HELD,
+           "(uncentred), mu_G^OOD = Ave over the classes of the run's OOD set (global attribute ood_set) of their "
+           "TEST class means (the OOD set's mean; = Ave_i h_i when balanced); unitless, in [0, 1], 0 = OOD mean "
+           "orthogonal to every class mean; Ammar et al., ICLR 2024 (NECO), NC5 ID/OOD orthogonality (OrthoDev); "
+           + _OOD,
     "nc5_centred": "Avg_c |cos(mu_c - mu_G, mu_G^OOD - mu_G)|, as nc5 but both about the trained classes' global "
                    "mean mu_G = Ave_c mu_c; unitless, in [0, 1]; NC5 of Ammar et al., ICLR 2024, on centred means "
-                   "(the paper's Fig. 2-7 geometry); " + _HELD,
+                   "(the paper's Fig. 2-7 geometry); " + _OOD,
 }
 
 
@@ -105,5 +113,5 @@ def ood_orthogonality(class_means, ood_mean, centre=None) -> float:
 
 
 def nan_metrics() -> dict:
-    """Every transfer metric NaN: a run without held-out classes."""
+    """Every transfer metric NaN: a run without held-out classes (and, for nc5, without an OOD set)."""
     return {k: math.nan for k in TRANSFER_METRICS}

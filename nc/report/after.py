@@ -27,6 +27,7 @@ from nc.report.after_runs import (  # noqa: F401
     head_cells,
     minority_by_ratio,
     nc1_drop,
+    ood_cells,
     run_names,
     runs_by_ratio,
     series,
@@ -396,6 +397,25 @@ def followup_claims_by_seed(followups_dir) -> list[dict]:
         for r in followup_claims(followup_runs(followups_dir, seed)):
             rows.append(r | ({"cell": f"{r['cell']}, seed {seed}", "seed": seed} if len(seeds) > 1 else {}))
     return rows
+
+
+def ood_markdown(cells_ood: list[dict], profile: str) -> str:
+    """The grid cells' NC5 with another dataset as the OOD set (after_runs.ood_cells): a table of NC5 and its centred
+    variant at the first snapshot, the TPT start and the last snapshot; a sentence when no cell of the profile has
+    one."""
+    if not cells_ood:
+        return (f"No cell of the **{profile}** profile measures NC5 on another dataset (`ood_dataset`): not run in "
+                "this profile. The quick profile's MNIST and FashionMNIST cells do (each the other's OOD set).")
+    fmt = lambda ch: " → ".join("–" if not np.isfinite(ch[k]) else f"{ch[k]:.3g}" for k in ("first", "at_tpt", "last"))
+    epochs = lambda ch: (f"{ch['first_epoch']} → {ch['tpt_snapshot'] if ch['tpt_snapshot'] is not None else '–'} → "
+                         f"{ch['last_epoch']}")
+    lines = ["| cell | OOD set (`ood_set`) | NC5 first → TPT start → last | centred | epochs |",
+             "|---|---|---|---|---|"]
+    for d in cells_ood:
+        lines.append(f"| {d['name']} | {d['ood_set']} | {fmt(d['nc5'])} | {fmt(d['nc5_centred'])} | "
+                     f"{epochs(d['nc5'])} |")
+    return "\n".join(lines) + ("\n\n– : the TPT was not reached (or no snapshot follows it). NC5 = "
+                               "Avg_c |cos(μ_c, μ_G^OOD)|, 0 = the OOD mean orthogonal to every class mean.")
 
 
 def claims_markdown(rows: list[dict], page: str, only=None) -> str:

@@ -60,6 +60,33 @@ def head_cells(cube_dir) -> list[dict]:
     return out
 
 
+def ood_cells(cube_dir) -> list[dict]:
+    """Per current cube of a folder whose run measured NC5 on another dataset (`ood_dataset`; the cube's global
+    attribute `ood_set` names the split), NC5 of its first run seed at its selected lr at the first snapshot, the TPT
+    start and the last snapshot (nc.report.analysis.tpt_change): {name, dataset, network, ood_dataset, ood_set,
+    nc5, nc5_centred}."""
+    from nc.report.analysis import tpt_change
+
+    out = []
+    for path in sorted(paths.resolve(cube_dir).glob("*.nc")):
+        try:
+            with xr.open_dataset(path, engine="netcdf4") as ds:
+                if cube.stale_reason(ds) or "ood_set" not in ds.attrs or "nc5" not in ds:
+                    continue
+                ood = (yaml.safe_load(ds.attrs["parameters"]) or {}).get("ood_dataset")
+                if not ood:
+                    continue
+                sel = cube.selected(ds)
+                change = {k: tpt_change(sel, k) for k in ("nc5", "nc5_centred")}
+                if change["nc5"]["last_epoch"] is None:
+                    continue
+                out.append({"name": path.stem, "dataset": ds.attrs["dataset"], "network": ds.attrs["network"],
+                            "ood_dataset": ood, "ood_set": str(ds.attrs["ood_set"]), **change})
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
+
+
 def _depth_cell(path, ds: xr.Dataset, seed: int, n_seeds: int) -> dict:
     sel = cube.selected(ds, seed)
     return {"name": path.stem, "seed": seed, "seeds": n_seeds, "dataset": ds.attrs["dataset"],

@@ -32,14 +32,25 @@ def run_key(params: dict) -> str:
 
 def load_data(params: dict, device=None):
     """The dataset of `params` on its device (nc.data.load with the file's data keys: params.data_arguments); with
-    `held_out_classes`, the other classes to train on and the held-out ones beside them (nc.data.hold_out)."""
-    dataset = data_mod.load(**params_mod.data_arguments(params), device=device or train.pick_device(params["device"]))
-    if params.get("held_out_classes"):
-        try:
+    `held_out_classes`, the other classes to train on and the held-out ones beside them (nc.data.hold_out); with
+    `ood_dataset`, that dataset loaded with the same data keys (params.ood_data_arguments) at the run's image size
+    and attached as the OOD set in the run's input units (nc.data.with_ood). A missing OOD dataset is
+    DatasetUnavailable naming the parameter file, the key and the file it looked for: the file asked for it."""
+    device = device or train.pick_device(params["device"])
+    dataset = data_mod.load(**params_mod.data_arguments(params), device=device)
+    where = params.get("file", params.get("name", "<parameters>"))
+    try:
+        if params.get("held_out_classes"):
             dataset = data_mod.hold_out(dataset, params["held_out_classes"])
-        except data_mod.DataError as err:
-            raise params_mod.ParameterError(f"{params.get('file', params.get('name', '<parameters>'))}: {err}") \
-                from None
+        ood = params_mod.ood_data_arguments(params)
+        if ood is not None:
+            try:
+                other = data_mod.load(**ood | {"image_size": dataset.image_size}, device=device)
+            except data_mod.DatasetUnavailable as err:
+                raise data_mod.DatasetUnavailable(f"{where}: key 'ood_dataset': {err}") from None
+            dataset = data_mod.with_ood(dataset, other)
+    except data_mod.DataError as err:
+        raise params_mod.ParameterError(f"{where}: {err}") from None
     return dataset
 
 
@@ -65,7 +76,23 @@ def data_info(dataset, device) -> dict:
     return {"data_source": dataset.source, "n_train": len(dataset.train), "n_test": len(dataset.test),
             "num_classes": dataset.num_classes, "device": name,
             "image_shape": str((dataset.in_channels, dataset.image_size, dataset.image_size)),
-            **({"n_held_out_train": len(held.train), "n_held_out_test": len(held.test)} if held is not None else {})}
+            **({"n_held_out_train": len(held.train), "n_held_out_test": len(held.test)} if held is not None else {}),
+            **ood_info(dataset)}
+
+
+def ood_info(dataset) -> dict:
+    """The cube's global attributes on the run's OOD set (NC5's): `ood_set` says which it is, e.g. "held-out classes
+    [5, 6, 7, 8, 9]" or "fashionmnist test split, 100 per class"; with a dataset also `ood_source` and `n_ood_test`.
+    Nothing for a run without one."""
+    ood = getattr(dataset, "ood", None)
+    if ood is not None:
+        counts = sorted(set(torch.bincount(ood.test.labels, minlength=ood.num_classes).tolist()))
+        per = f"{counts[0]} per class" if len(counts) == 1 else f"{min(counts)}-{max(counts)} per class"
+        return {"ood_set": f"{ood.name.removesuffix(' (OOD)')} test split, {per}", "ood_source": ood.source,
+                "n_ood_test": len(ood.test)}
+    if getattr(dataset, "held_out", None) is not None:
+        return {"ood_set": f"held-out classes {list(dataset.held_out_classes)}"}
+    return {}
 
 
 def paths(params: dict, cube_dir) -> tuple[Path, Path]:

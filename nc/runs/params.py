@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from nc import data, models
-from nc.data.registry import SOURCES, STANDARDIZE
+from nc.data.registry import SIZES, SOURCES, STANDARDIZE
 from nc.models import CLASSIFIERS, STEMS
 from nc.train import losses
 
@@ -94,6 +94,11 @@ SCHEMA = {
                             "null or a list of at least two distinct class ids: the run trains on the other classes "
                             "and measures transfer to these (Galanti et al. 2022) and their orthogonality as OOD data "
                             "(NC5, Ammar et al. 2024) at every snapshot"),
+    "ood_dataset": Key(None, _opt(lambda v: v in data.REGISTRY),
+                       lambda: "null or a registered dataset (nc.data.registry) with the run's number of colour "
+                               f"channels, one of {', '.join(data.REGISTRY)}: its TEST split (the run's image_size, "
+                               "test_n_per_class and data seed), standardised with the run's train statistics, is "
+                               "the out-of-distribution set of NC5 (Ammar et al. 2024) at every snapshot"),
     "stem": Key("small", _one_of(STEMS), "small (3x3 stride-1 stem, no max-pool: the small-image networks) or "
                 "imagenet (torchvision's 224-px stems)"),
     "width": Key(1.0, lambda v: _num(v) and v > 0, "a positive number (channel multiplier)"),
@@ -203,9 +208,28 @@ def validate(raw: dict, source: str = "<parameters>") -> dict:
     if out["held_out_classes"] is not None and (out["class_counts"] is not None or out["imbalance_ratio"] is not None):
         raise ParameterError(f"{source}: keys 'held_out_classes' and 'class_counts' / 'imbalance_ratio': a transfer "
                              "run is balanced, give one of them")
+    if out["ood_dataset"] is not None:
+        _check_ood(out, source)
     if out["imbalance_ratio"] is not None and out["n_per_class"] is None:
         raise ParameterError(f"{source}: key 'imbalance_ratio' needs 'n_per_class' (the majority classes' count)")
     return out
+
+
+def _check_ood(out: dict, source: str) -> None:
+    """`ood_dataset`: another dataset than the run's, with as many colour channels (nc.data.registry's sizes), in a
+    run without held-out classes (one OOD set per run) that does not stream from a prepared store."""
+    ood, name = out["ood_dataset"], out["dataset"]
+    if ood == name:
+        raise ParameterError(f"{source}: key 'ood_dataset': {ood!r} is the run's own dataset; name another one")
+    channels = {d: (SIZES.get(d) or (None,) * 4)[3] for d in (name, ood)}
+    if None not in channels.values() and channels[name] != channels[ood]:
+        raise ParameterError(f"{source}: key 'ood_dataset': {ood!r} has {channels[ood]} colour channel(s), the run's "
+                             f"dataset {name!r} has {channels[name]}; the network takes one input shape")
+    if out["held_out_classes"] is not None:
+        raise ParameterError(f"{source}: keys 'ood_dataset' and 'held_out_classes': give one of them (one OOD set "
+                             "per run: NC5 is measured on the held-out classes or on the named dataset)")
+    if out["data_source"] == "store":
+        raise ParameterError(f"{source}: key 'ood_dataset' needs an in-memory dataset, not data_source 'store'")
 
 
 def load(path) -> dict:
@@ -258,6 +282,16 @@ def data_arguments(params: dict) -> dict:
             "npz_file": params["npz_file"], "source": params["data_source"], "standardize_by": params["standardize"],
             "class_counts": params["class_counts"], "imbalance_ratio": params["imbalance_ratio"],
             "store_dir": params["store_dir"]}
+
+
+def ood_data_arguments(params: dict) -> dict | None:
+    """nc.data.load's keyword arguments for the run's OOD set (`ood_dataset`): the run's own data arguments (image
+    size, counts per class, data seed, source and folders, standardisation) with the other dataset's name, its own
+    file in the npz folder (not the run's npz_file) and balanced classes; None without `ood_dataset`."""
+    if params.get("ood_dataset") is None:
+        return None
+    return data_arguments(params) | {"name": params["ood_dataset"], "npz_file": None, "class_counts": None,
+                                     "imbalance_ratio": None}
 
 
 def with_seeds(params: dict, n: int | None) -> dict:

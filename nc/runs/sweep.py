@@ -53,7 +53,8 @@ class Job:
 
 
 def dataset_missing(params: dict) -> str | None:
-    """None if the cell's dataset can be loaded, else the DatasetUnavailable message.
+    """None if the cell's dataset (and its OOD dataset, `ood_dataset`) can be loaded, else the DatasetUnavailable
+    message.
 
     Loads one image per class on the CPU (a torchvision dataset is downloaded here, once, rather than by many jobs at
     the same time); a prepared store is only opened."""
@@ -66,6 +67,12 @@ def dataset_missing(params: dict) -> str | None:
         data.load(**arguments, device="cpu")
     except data.DatasetUnavailable as err:
         return str(err)
+    ood = params_mod.ood_data_arguments(params)  # the OOD set the file asks for (`ood_dataset`) is data it needs
+    if ood is not None:
+        try:
+            data.load(**ood | {"n_per_class": 1, "test_n_per_class": 1}, device="cpu")
+        except data.DatasetUnavailable as err:
+            return f"{params.get('file', params_mod.cell_name(params))}: key 'ood_dataset': {err}"
     return None
 
 

@@ -137,13 +137,14 @@ def measure_snapshot(model, data, record: dict, params: dict) -> tuple[dict, dic
 
 @torch.no_grad()
 def measure_transfer(model, data, moments, params: dict) -> dict:
-    """nc.measure.transfer's metrics on the held-out classes (data.held_out, nc.data.hold_out), NaN without them:
+    """nc.measure.transfer's metrics on the held-out classes (data.held_out, nc.data.hold_out); without them, NC5 on
+    another dataset's test split when there is one (measure_ood) and every other metric NaN. With held-out classes:
     one eval pass over their train images (the CDNV among them), the shots' features (the same seeded shots at every
     snapshot), one pass over their test images (few-shot nearest-centre hits, their class means for the OOD mean).
     `moments` are the trained classes' train moments (NC5's class means and global mean)."""
     held = getattr(data, "held_out", None)
     if held is None:
-        return transfer.nan_metrics()
+        return measure_ood(model, data, moments, params)
     bs, p, K = params["eval_batch_size"], model.classifier.in_features, held.num_classes
     train_acc = measure.CollapseAccumulator(K, p, held.train.device)
     eval_pass(model, held.train, bs, lambda h, logits, y: train_acc.update(h, y))
@@ -166,6 +167,22 @@ def measure_transfer(model, data, moments, params: dict) -> dict:
             "transfer_ncc_acc": total / (centres.shape[0] * len(held.test)),
             "nc5": transfer.ood_orthogonality(moments.class_means, ood.global_mean),
             "nc5_centred": transfer.ood_orthogonality(moments.class_means, ood.global_mean, moments.global_mean)}
+
+
+@torch.no_grad()
+def measure_ood(model, data, moments, params: dict) -> dict:
+    """NC5 (nc.measure.transfer.ood_orthogonality) with another dataset's test split as the OOD set (data.ood,
+    nc.data.with_ood: `ood_dataset`): one eval pass over it, its class means averaged for the OOD mean; the transfer
+    metrics stay NaN (there are no held-out classes of this run). Every metric NaN without an OOD set."""
+    out = transfer.nan_metrics()
+    ood = getattr(data, "ood", None)
+    if ood is None:
+        return out
+    acc = measure.CollapseAccumulator(ood.num_classes, model.classifier.in_features, ood.test.device)
+    eval_pass(model, ood.test, params["eval_batch_size"], lambda h, logits, y: acc.update(h, y))
+    mean = ddp.merge_accumulator(acc).finalize().global_mean
+    return out | {"nc5": transfer.ood_orthogonality(moments.class_means, mean),
+                  "nc5_centred": transfer.ood_orthogonality(moments.class_means, mean, moments.global_mean)}
 
 
 def measure_depth(model, data, params: dict) -> dict:
