@@ -39,6 +39,7 @@ def test_the_page_reproduces_the_cube_by_the_api_and_by_the_command(tiny_cube, t
     command = float(re.search(r"snapshots by at most \*\*([0-9.e+-]+)\*\* relative", text).group(1))
     assert api < 1e-9 and command < 1e-9, (api, command)
     assert "retrained run's measures differ from the stored cube's" in text
+    assert "on 1 CPU thread(s) (the cube's: 1)" in text  # the retrain takes the cube's thread count
 
 
 def test_the_comparison_reads_every_compared_measure_from_the_cube(tiny_cube):

@@ -49,8 +49,12 @@ def retrain(cube_path, workdir, progress: bool = False) -> tuple[list[Path], dic
     """Retrain the cube's first seed at its selected lr on the CPU, saving the weights at each snapshot epoch as
     workdir/epoch-<e>.pt (a checkpoint of our own runs: the weights under "model"); returns the files, the
     parameters and the retrained run's curves (the cube's variables, lr and seed dropped). The training is resumed
-    from its checkpoint between snapshots, which equals an uninterrupted run."""
+    from its checkpoint between snapshots, which equals an uninterrupted run. This process's torch threads are set
+    to the count the cube was trained on (its attribute torch_threads, where recorded), so that the retrain repeats
+    the cube bitwise on the same kind of machine; the API and the command then run on that count too."""
     params, lr, seed, run = run_of(cube_path)
+    if run.attrs.get("torch_threads"):
+        torch.set_num_threads(int(run.attrs["torch_threads"]))
     params = {**params, "device": "cpu"}
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -121,8 +121,11 @@ def _provenance() -> dict:
                                 cwd=Path(__file__).parent, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
+    # torch_threads: the CPU threads the run trained on (float32 training repeats itself bitwise only on the same
+    # count: nc.report.measure_page retrains on it)
     return {"git_commit": commit or "unknown", "versions": f"python {platform.python_version()}, torch "
-            f"{torch.__version__}, xarray {xr.__version__}, numpy {np.__version__}", "host": platform.node()}
+            f"{torch.__version__}, xarray {xr.__version__}, numpy {np.__version__}", "host": platform.node(),
+            "torch_threads": torch.get_num_threads()}
 
 
 def part(record: dict, params: dict, data_info: dict | None = None) -> xr.Dataset:
