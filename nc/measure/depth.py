@@ -142,7 +142,35 @@ class ClassMeansTrace:
                                nc1=math.nan)
 
 
-class BlockTap:
+class Hooks:
+    """Context manager: `_hook(name, module)` registers one hook on each (name, module) of `_hooked()` (default
+    self.layers) on entry; every handle in self.handles is removed on exit, and on a failed registration."""
+
+    layers: list
+    handles: list
+
+    def _hooked(self):
+        return self.layers
+
+    def _hook(self, name: str, module):
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            for name, module in self._hooked():
+                self.handles.append(self._hook(str(name), module))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+class BlockTap(Hooks):
     """Context manager: forward hooks on every block, removed on exit (error or not); `run` yields, per batch,
     ({name: pooled float64 features}, y) from one forward of the model (`run(..., raw=True)`: the outputs as they
     are, for block_features with either pool)."""
@@ -155,20 +183,8 @@ class BlockTap:
         self.captured = {name: [] for name in self.names}
         self.handles = []
 
-    def __enter__(self):
-        try:
-            for name, module in self.layers:
-                self.handles.append(module.register_forward_hook(
-                    lambda mod, args, out, name=str(name): self.captured[name].append(out)))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+    def _hook(self, name, module):
+        return module.register_forward_hook(lambda mod, args, out: self.captured[name].append(out))
 
     def run(self, model, batches, raw: bool = False):
         for x, y in batches():

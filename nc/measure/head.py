@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from nc.measure import followups
-from nc.measure.depth import ClassMeansTrace
+from nc.measure.depth import ClassMeansTrace, Hooks
 from nc.measure.moments import mean_span_basis
 
 HEAD_LAYERS = ("fc6", "fc7", "classifier")  # the Linear layers whose inputs are measured, input side first
@@ -110,7 +110,7 @@ def nan_metrics() -> dict:
     return dict.fromkeys(HEAD_METRICS, math.nan)
 
 
-class HeadTap:
+class HeadTap(Hooks):
     """Context manager: forward pre-hooks on the head's fc6 and fc7 Linear layers (removed on exit), and, per layer,
     a ClassMeansTrace of its input, fed by `update(y)` after each forward of the model (the snapshot's train pass
     calls it from its per-batch callback). Without a head (head_linears(model) == []) it hooks nothing."""
@@ -121,21 +121,11 @@ class HeadTap:
         self.accs = {name: ClassMeansTrace(num_classes, linear.in_features, device) for name, linear in self.layers
                      if name != "classifier"}
 
-    def __enter__(self):
-        try:
-            for name, linear in self.layers:
-                if name in self.accs:
-                    self.handles.append(linear.register_forward_pre_hook(
-                        lambda mod, args, name=name: self.captured.__setitem__(name, args[0])))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+    def _hooked(self):
+        return [(name, linear) for name, linear in self.layers if name in self.accs]
 
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+    def _hook(self, name, linear):
+        return linear.register_forward_pre_hook(lambda mod, args: self.captured.__setitem__(name, args[0]))
 
     def update(self, y) -> None:
         for name, acc in self.accs.items():

@@ -41,16 +41,9 @@ def resolve(model, layers) -> list[tuple[str, torch.nn.Module]]:
 class FlatTap(depth.BlockTap):
     """depth.BlockTap with each module's output flattened to (B, p) in float64 instead of pooled."""
 
-    def __enter__(self):
-        try:
-            for name, module in self.layers:
-                self.handles.append(module.register_forward_hook(
-                    lambda mod, args, out, name=str(name): self.captured[name].append(
-                        depth.block_features(out) if out.ndim == 2 else out.flatten(1).to(torch.float64))))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+    def _hook(self, name, module):
+        return module.register_forward_hook(lambda mod, args, out: self.captured[name].append(
+            depth.block_features(out) if out.ndim == 2 else out.flatten(1).to(torch.float64)))
 
 
 def flattened(model, layers, train_batches, test_batches, num_classes: int) -> dict:
